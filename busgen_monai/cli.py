@@ -1,0 +1,313 @@
+"""``busgen``: the command-line entry point (thin: it delegates to the library and to MONAI bundles).
+
+Sub-commands::
+
+    busgen plugins                         list installed plugins (and those that failed to load)
+    busgen bundles                         list bundles (built-in and shipped by plugins) with their configs
+    busgen run BUNDLE CONFIG [--key value] run a bundle config through monai.bundle (bundle root set)
+    busgen phantom OUT [...]               write a phantom data set (PNG + datalist) and/or a PACS-style export
+    busgen datalist build|validate|summary build a datalist from BUS-BRA / BUSI / CSV, check or summarise one
+    busgen ingest SRC OUT [...]            DICOM PACS export -> datalist (when the ingestion module is present)
+    busgen demo [--out DIR]                the main job, end to end on the embedded phantom
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "resolve_bundle", "resolve_configs", "parse_overrides"]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _all_bundles() -> dict[str, Path]:
+    from .plugins import builtin_bundles, discover_plugins
+
+    bundles = builtin_bundles()
+    for name, path in discover_plugins().bundles().items():
+        bundles.setdefault(name, path)
+    return bundles
+
+
+def resolve_bundle(name_or_path: str) -> Path:
+    """A bundle folder from a bundle name (built-in or plugin) or a path."""
+    path = Path(name_or_path)
+    if (path / "configs").is_dir():
+        return path.resolve()
+    bundles = _all_bundles()
+    if name_or_path in bundles:
+        return bundles[name_or_path]
+    raise SystemExit(f"busgen: no bundle {name_or_path!r}; known bundles: {sorted(bundles)} (or give a bundle folder)")
+
+
+def _configs_of(bundle: Path) -> list[str]:
+    cdir = bundle / "configs"
+    return sorted(
+        str(p.relative_to(cdir).with_suffix(""))
+        for p in cdir.rglob("*")
+        if p.suffix in (".json", ".yaml", ".yml") and p.stem not in ("metadata",) and p.is_file()
+    )
+
+
+def resolve_configs(bundle: Path, config: str) -> list[Path]:
+    """Config files for ``config``: a name (``train``), a comma list merged in order (``train,presets/tiny``), or paths."""
+    files = []
+    for part in config.split(","):
+        part = part.strip()
+        cand = [Path(part), bundle / "configs" / part]
+        cand += [bundle / "configs" / f"{part}{ext}" for ext in (".json", ".yaml", ".yml")]
+        found = next((c for c in cand if c.is_file()), None)
+        if found is None:
+            raise SystemExit(f"busgen: bundle {bundle.name} has no config {part!r}; it has {_configs_of(bundle)}")
+        files.append(found.resolve())
+    return files
+
+
+def parse_overrides(extra: Sequence[str]) -> dict:
+    """``--key value`` pairs -> dict; values parsed as JSON when they are JSON (numbers, lists, true/false)."""
+    out: dict = {}
+    it = iter(extra)
+    for token in it:
+        if not token.startswith("--"):
+            raise SystemExit(f"busgen run: expected --key value, got {token!r}")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            try:
+                value = next(it)
+            except StopIteration:
+                raise SystemExit(f"busgen run: --{key} needs a value") from None
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import discover_plugins
+
+    reg = discover_plugins()
+    if not reg.plugins and not reg.errors:
+        print("no busgen plugins installed (entry-point group 'busgen_monai.plugins')")
+    for p in reg.plugins.values():
+        print(f"{p.name} {p.version}  {p.description}")
+        for role, target in sorted(p.components.items()):
+            print(f"    component {role}: {target}")
+        for name, path in sorted(p.bundle_paths().items()):
+            print(f"    bundle {name}: {path}")
+        for cmd, target in sorted(p.commands.items()):
+            print(f"    command busgen {cmd}: {target}")
+    for name, err in reg.errors.items():
+        print(f"{name}  FAILED TO LOAD (skipped): {err}")
+    return 0
+
+
+def cmd_bundles(args: argparse.Namespace) -> int:
+    bundles = _all_bundles()
+    if not bundles:
+        print("no bundles found")
+    for name, path in sorted(bundles.items()):
+        print(f"{name}  {path}\n    configs: {', '.join(_configs_of(path))}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    bundle = resolve_bundle(args.bundle)
+    files = resolve_configs(bundle, args.config)
+    overrides = parse_overrides(extra)
+    kwargs = {"bundle_root": str(bundle)}
+    meta = bundle / "configs" / "metadata.json"
+    if meta.is_file():
+        kwargs["meta_file"] = str(meta)
+    logconf = bundle / "configs" / "logging.conf"
+    if logconf.is_file():
+        kwargs["logging_file"] = str(logconf)
+    kwargs.update(overrides)
+    from monai.bundle import run
+
+    run(run_id=args.run_id, config_file=[str(f) for f in files] if len(files) > 1 else str(files[0]), **kwargs)
+    return 0
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from .data import phantom
+
+    out = Path(args.out)
+    if not args.pacs_only:
+        path = phantom.write_dataset(out / "dataset", n=args.n, seed=args.seed, size=(args.size, args.size))
+        print(f"phantom dataset: {path}")
+    if args.pacs or args.pacs_only:
+        from .data.pacs_export import write_pacs_export
+
+        root = write_pacs_export(out / "pacs", n_patients=args.patients, seed=args.seed)
+        print(f"phantom PACS export: {root}")
+    return 0
+
+
+def _vocab(args: argparse.Namespace):
+    from .data.devices import DeviceVocabulary, default_vocabulary
+
+    return DeviceVocabulary.from_file(args.device_vocab) if getattr(args, "device_vocab", None) else default_vocabulary()
+
+
+def cmd_datalist(args: argparse.Namespace) -> int:
+    from .data import loaders, schema
+
+    if args.action == "build":
+        out = Path(args.out)
+        fractions = tuple(float(f) for f in args.fractions.split(","))
+        common = {"fractions": fractions, "seed": args.seed, "vocabulary": _vocab(args), "relative_to": out.parent}
+        if args.format == "bus-bra":
+            data = loaders.load_bus_bra(args.src, fold=args.fold, on_unknown_device=args.on_unknown_device, **common)
+        elif args.format == "busi":
+            data = loaders.load_busi_folder(args.src, device=args.device, **common)
+        else:
+            data = loaders.load_image_csv(args.src, on_unknown_device=args.on_unknown_device,
+                                          pathologies=args.pathologies.split(",") if args.pathologies else None,
+                                          **common)
+        report = data.pop("load_report", None)
+        unknown = data.pop("unknown_devices", None)
+        schema.save_datalist(data, out, vocabulary=common["vocabulary"])
+        print(f"wrote {out}: {schema.summarize_datalist(data)['items']} items")
+        if report:
+            for line in report.get("warnings", []) + report.get("rejected", []):
+                print(f"  note: {line}")
+        if unknown:
+            print(f"  unknown devices (recorded as 'unknown' or added): {unknown}")
+        return 0
+    if args.action == "validate":
+        schema.load_datalist(args.path, vocabulary=_vocab(args))
+        print(f"{args.path}: valid")
+        return 0
+    data = schema.load_datalist(args.path, vocabulary=_vocab(args), check_files=False)
+    summary = schema.summarize_datalist(data)
+    print(json.dumps(summary, indent=2))
+    if args.grid:
+        from .data.io import read_image_rgb
+        from .visualize import save_image_grid
+
+        items = [it for _, _, it in schema.iter_items(data)][: args.grid_n]
+        base = Path(data["base_dir"])
+        images = [read_image_rgb(base / it["image"]) for it in items]
+        labels = [f"{it['pathology']}\n{it['device']}" for it in items]
+        save_image_grid(images, args.grid, labels=labels, boxes=[it["boxes"] for it in items])
+        print(f"grid: {args.grid}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .pipeline import run_demo
+
+    run_demo(args.out, force=args.force, stages=args.stages.split(",") if args.stages else None)
+    return 0
+
+
+def _delegate(dotted: str, argv: Sequence[str]) -> int:
+    from .plugins import locate
+
+    return int(locate(dotted)(list(argv)) or 0)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="busgen", description="BUSGen on MONAI: breast-ultrasound generative toolkit.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("plugins", help="list installed plugins", description="List plugins registered under the "
+                   "'busgen_monai.plugins' entry-point group, with components, bundles and commands; broken "
+                   "plugins are listed with their error.")
+    sub.add_parser("bundles", help="list bundles and their configs",
+                   description="List built-in bundles, bundles on BUSGEN_BUNDLE_PATH and bundles shipped by plugins.")
+
+    r = sub.add_parser("run", help="run a bundle config through monai.bundle",
+                       description="Run BUNDLE's CONFIG with `monai.bundle.run`, bundle_root/meta/logging set. "
+                       "Extra --key value pairs override config entries (values parsed as JSON when possible). "
+                       "Example: busgen run busgen_pretrain train,presets/tiny --datalist d.json --output_dir runs/x")
+    r.add_argument("bundle", help="bundle name (see `busgen bundles`) or folder")
+    r.add_argument("config", help="config name (train, inference) or comma list merged in order (train,presets/tiny)")
+    r.add_argument("--run-id", default="run", help="the config entry to run (default: run)")
+
+    ph = sub.add_parser("phantom", help="write a phantom data set / PACS export",
+                        description="Deterministic breast-ultrasound phantom: PNG images + masks + datalist, "
+                        "and optionally a PACS-style DICOM export with fake PHI (for ingestion tests).")
+    ph.add_argument("out", help="output folder")
+    ph.add_argument("--n", type=int, default=200, help="number of images (default 200)")
+    ph.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--pacs", action="store_true", help="also write a PACS-style DICOM export")
+    ph.add_argument("--pacs-only", action="store_true", help="write only the PACS-style export")
+    ph.add_argument("--patients", type=int, default=4, help="patients in the PACS export (default 4)")
+
+    d = sub.add_parser("datalist", help="build, validate or summarise a datalist",
+                       description="Datalists are the contract between stages (docs/datalist.md).")
+    dsub = d.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = dsub.add_parser("build", help="build a datalist from a dataset",
+                        description="bus-bra: the BUS-BRA folder; busi: a BUSI-style folder; csv: a CSV with "
+                        "image,pathology[,device,birads,patient_id,boxes,mask,split] columns.")
+    b.add_argument("format", choices=["bus-bra", "busi", "csv"])
+    b.add_argument("src", help="dataset folder (bus-bra, busi) or CSV file")
+    b.add_argument("out", help="datalist JSON to write (image paths are written relative to its folder)")
+    b.add_argument("--fractions", default="0.7,0.15,0.15", help="patient-wise train,val,test fractions")
+    b.add_argument("--seed", type=int, default=0, help="split seed")
+    b.add_argument("--fold", type=int, default=None, help="bus-bra: use 5-fold-cv.csv fold K as the test split")
+    b.add_argument("--device", default="unknown", help="busi: device name for every image")
+    b.add_argument("--device-vocab", default=None, help="JSON/YAML file adding devices to the vocabulary")
+    b.add_argument("--on-unknown-device", choices=["error", "add", "null"], default="error",
+                   help="unknown device names: fail (default), add to the vocabulary, or record as 'unknown'")
+    b.add_argument("--pathologies", default=None, help="csv: comma list of allowed pathologies")
+    v = dsub.add_parser("validate", help="validate a datalist (files, boxes, labels, patient-wise splits)")
+    v.add_argument("path")
+    v.add_argument("--device-vocab", default=None)
+    s = dsub.add_parser("summary", help="counts per split/pathology/device; optional sample grid PNG")
+    s.add_argument("path")
+    s.add_argument("--device-vocab", default=None)
+    s.add_argument("--grid", default=None, help="write a sample-grid PNG here")
+    s.add_argument("--grid-n", type=int, default=32, help="images in the grid")
+
+    sub.add_parser("ingest", help="DICOM PACS export -> datalist (see `busgen ingest --help`)", add_help=False)
+
+    dm = sub.add_parser("demo", help="the main job: every stage end to end on the embedded phantom (CPU, minutes)",
+                        description="Runs every stage on data the project generates itself; resumable (finished "
+                        "stages are skipped unless --force).")
+    dm.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    dm.add_argument("--force", action="store_true", help="re-run finished stages")
+    dm.add_argument("--stages", default=None, help="comma list of stages to run (default: all)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # delegated commands keep their own argument parsers
+    if argv and argv[0] == "ingest":
+        return _delegate("busgen_monai.data.ingest.ingest_main", argv[1:])
+    if argv and not argv[0].startswith("-") and argv[0] not in parser._subparsers._group_actions[0].choices:
+        from .plugins import discover_plugins
+
+        commands = discover_plugins().commands()
+        if argv[0] in commands:
+            return _delegate(commands[argv[0]][1], argv[1:])
+    if argv and argv[0] == "run":
+        args, extra = parser.parse_known_args(argv)
+    else:
+        args, extra = parser.parse_args(argv), []
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handlers = {"plugins": cmd_plugins, "bundles": cmd_bundles, "phantom": cmd_phantom,
+                "datalist": cmd_datalist, "demo": cmd_demo}
+    try:
+        if args.command == "run":
+            return cmd_run(args, extra)
+        return handlers[args.command](args)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"busgen {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The main job: every busgen-monai stage, end to end, on data the project generates itself.
+
+``busgen demo --out runs/demo`` runs the stages in order on CPU in minutes. Each stage writes into its
+own folder ``OUT/<stage>/`` and, when it finishes, a ``done.json`` with its summary and wall time; a
+re-run skips finished stages (``--force`` re-runs them), so an interrupted demo resumes where it stopped.
+The whole run ends with ``OUT/summary.json`` and the pictures each stage made.
+
+Stages (each new stage of the project joins this list):
+
+1. ``phantom``  - phantom breast-ultrasound data set (PNG + masks + datalist) and a PACS-style DICOM export
+2. ``datalist`` - validate the phantom datalist, summarise it, draw a sample grid
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data.schema import atomic_write_text
+
+__all__ = ["Stage", "STAGES", "run_demo", "DemoContext"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoContext:
+    """Shared state between stages: the output root and what earlier stages produced."""
+
+    out: Path
+    results: dict[str, dict] = field(default_factory=dict)
+
+    def stage_dir(self, name: str) -> Path:
+        d = self.out / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[DemoContext], dict]
+    description: str
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _stage_phantom(ctx: DemoContext) -> dict:
+    from .data.pacs_export import write_pacs_export
+    from .data.phantom import write_dataset
+
+    d = ctx.stage_dir("phantom")
+    datalist = write_dataset(d / "dataset", n=240, seed=0, size=(128, 128))
+    pacs = write_pacs_export(d / "pacs", n_patients=4, seed=0)
+    return {"datalist": str(datalist), "pacs_export": str(pacs)}
+
+
+def _stage_datalist(ctx: DemoContext) -> dict:
+    from .data.io import read_image_rgb
+    from .data.schema import iter_items, load_datalist, summarize_datalist
+    from .visualize import save_image_grid
+
+    d = ctx.stage_dir("datalist")
+    data = load_datalist(ctx.results["phantom"]["datalist"])
+    summary = summarize_datalist(data)
+    atomic_write_text(d / "summary.json", json.dumps(summary, indent=2))
+    items = [it for _, _, it in iter_items(data)]
+    # one row per device, benign and malignant side by side
+    picked: list[dict] = []
+    for device in sorted({it["device"] for it in items}):
+        for pathology in ("benign", "malignant"):
+            picked += [it for it in items if it["device"] == device and it["pathology"] == pathology][:4]
+    base = Path(data["base_dir"])
+    grid = save_image_grid(
+        [read_image_rgb(base / it["image"]) for it in picked], d / "sample_grid.png",
+        labels=[f"{it['pathology']} / {it['device']}" for it in picked],
+        boxes=[it["boxes"] for it in picked], ncols=8, title="Phantom data set (boxes in yellow)")
+    return {"summary": summary, "grid": str(grid)}
+
+
+STAGES: list[Stage] = [
+    Stage("phantom", _stage_phantom, "phantom data set + PACS-style DICOM export"),
+    Stage("datalist", _stage_datalist, "validate and summarise the datalist, sample grid PNG"),
+]
+
+
+def run_demo(out: str | Path = "runs/demo", force: bool = False, stages: Sequence[str] | None = None) -> dict:
+    """Run the main job. Returns the summary also written to ``OUT/summary.json``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    ctx = DemoContext(Path(out).resolve())
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    known = [s.name for s in STAGES]
+    if stages:
+        unknown = [s for s in stages if s not in known]
+        if unknown:
+            raise ValueError(f"unknown demo stage(s) {unknown}; stages are {known}")
+    timings: dict[str, Any] = {}
+    t_all = time.perf_counter()
+    for stage in STAGES:
+        done = ctx.out / stage.name / "done.json"
+        if done.is_file() and not force:
+            ctx.results[stage.name] = json.loads(done.read_text())["result"]
+            timings[stage.name] = "done earlier (skipped)"
+            print(f"[busgen demo] {stage.name}: already done, skipped ({done})")
+            continue
+        if stages and stage.name not in stages:
+            raise ValueError(f"stage {stage.name!r} has not run yet and is needed by later stages; include it")
+        print(f"[busgen demo] {stage.name}: {stage.description} ...", flush=True)
+        t0 = time.perf_counter()
+        result = stage.run(ctx)
+        dt = time.perf_counter() - t0
+        ctx.results[stage.name] = result
+        timings[stage.name] = round(dt, 2)
+        atomic_write_text(done, json.dumps({"result": result, "seconds": round(dt, 2)}, indent=2, default=str))
+        print(f"[busgen demo] {stage.name}: done in {dt:.1f} s", flush=True)
+    summary = {"out": str(ctx.out), "seconds": timings, "total_seconds": round(time.perf_counter() - t_all, 2),
+               "results": ctx.results}
+    atomic_write_text(ctx.out / "summary.json", json.dumps(summary, indent=2, default=str))
+    print(f"[busgen demo] finished in {summary['total_seconds']:.1f} s; summary: {ctx.out / 'summary.json'}")
+    return summary
