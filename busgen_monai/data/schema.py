@@ -255,6 +255,7 @@ def save_datalist(datalist: Mapping, path: str | os.PathLike, *, validate: bool 
                   vocabulary: DeviceVocabulary | None = None) -> Path:
     """Validate (files relative to ``path``'s folder) and write a datalist atomically."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # relative paths with '..' only resolve through existing folders
     data = {k: v for k, v in datalist.items() if k != "base_dir"}
     if validate:
         validate_datalist(data, base_dir=path.parent, vocabulary=vocabulary, source=path)
