@@ -202,7 +202,7 @@ def cmd_datalist(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
-    run_demo(args.out, force=args.force, stages=args.stages.split(",") if args.stages else None)
+    run_demo(args.out, force=args.force, until=args.until)
     return 0
 
 
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "stages are skipped unless --force).")
     dm.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     dm.add_argument("--force", action="store_true", help="re-run finished stages")
-    dm.add_argument("--stages", default=None, help="comma list of stages to run (default: all)")
+    dm.add_argument("--until", default=None, help="stop after this stage (default: run all stages)")
     return p
 
 

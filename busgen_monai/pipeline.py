@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,27 +88,26 @@ STAGES: list[Stage] = [
 ]
 
 
-def run_demo(out: str | Path = "runs/demo", force: bool = False, stages: Sequence[str] | None = None) -> dict:
-    """Run the main job. Returns the summary also written to ``OUT/summary.json``."""
+def run_demo(out: str | Path = "runs/demo", force: bool = False, until: str | None = None) -> dict:
+    """Run the main job (all stages, or the stages up to and including ``until``).
+
+    Returns the summary also written to ``OUT/summary.json``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     ctx = DemoContext(Path(out).resolve())
     ctx.out.mkdir(parents=True, exist_ok=True)
     known = [s.name for s in STAGES]
-    if stages:
-        unknown = [s for s in stages if s not in known]
-        if unknown:
-            raise ValueError(f"unknown demo stage(s) {unknown}; stages are {known}")
+    if until is not None and until not in known:
+        raise ValueError(f"unknown demo stage {until!r}; stages are {known}")
+    selected = STAGES[: known.index(until) + 1] if until else STAGES
     timings: dict[str, Any] = {}
     t_all = time.perf_counter()
-    for stage in STAGES:
+    for stage in selected:
         done = ctx.out / stage.name / "done.json"
         if done.is_file() and not force:
             ctx.results[stage.name] = json.loads(done.read_text())["result"]
             timings[stage.name] = "done earlier (skipped)"
             print(f"[busgen demo] {stage.name}: already done, skipped ({done})")
             continue
-        if stages and stage.name not in stages:
-            raise ValueError(f"stage {stage.name!r} has not run yet and is needed by later stages; include it")
         print(f"[busgen demo] {stage.name}: {stage.description} ...", flush=True)
         t0 = time.perf_counter()
         result = stage.run(ctx)
