@@ -1,0 +1,157 @@
+"""Model/training presets of the BUSGen pretraining stage: ``paper``, ``toy`` and ``tiny``.
+
+One code path for all three; a preset only fills in numbers. The pretrain bundle reads them with
+``"preset": "$busgen_monai.presets.get_preset(@preset_name)"`` and every network/scheduler/optimizer argument is a
+separate config key, so ``--preset_name tiny`` selects a preset and ``--image_size 48`` (etc.) overrides one number.
+
+=========  =======  ==================  =========================================  ==========  ===============
+preset     pixels   U-Net widths        attention / res blocks                     parameters  use
+=========  =======  ==================  =========================================  ==========  ===============
+paper      160      128, 256, 256, 256  levels 2-4 (80, 40, 20 px), 2 per level    ~46 M       GPU pretraining
+toy        128      as paper            as paper                                   ~46 M       BUSGen's toy set-up
+tiny       32       16, 32              none, 1 per level                          ~0.2 M      CPU tests, demos
+=========  =======  ==================  =========================================  ==========  ===============
+
+All presets: T = 500 DDPM steps, linear betas 1e-4 ... 0.028, epsilon prediction, images in [-1, 1], RGB, box mask
+input channel, pathology + device embeddings with own projections per residual block, CFG w = 1.8.
+
+Paper/toy follow BUSGen's public code (base width 128, multipliers (1, 2, 2, 2), 2 residual blocks, GroupNorm 32,
+dropout 0.15, AdamW lr 6.25e-6 warmed up x2.5 over 10 % of the epochs then cosine, weight decay 1e-4, grad clip 1,
+batch 1, no EMA) translated to MONAI's ``DiffusionModelUNet``: BUSGen puts self-attention in every *down* block at
+every resolution and in the middle block; MONAI's attention levels are symmetric (down and up), and attention at
+160 x 160 (25,600 tokens) is skipped here, so attention runs at 80, 40 and 20 px. BUSGen's learned 3x3 + 5x5
+down-sampling and 5x5 transposed-conv up-sampling are heavier than MONAI's; ``resblock_updown=True`` (learned
+residual up/down blocks) is the MONAI counterpart and brings the count to ~46 M (BUSGen: ~48 M).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["PRESETS", "PRESET_NAMES", "get_preset", "network_kwargs", "build_network", "build_scheduler"]
+
+_DIFFUSION = {"num_train_timesteps": 500, "beta_start": 1e-4, "beta_end": 0.028, "guidance_w": 1.8}
+
+_PAPER_NET = {
+    "channels": [128, 256, 256, 256],
+    "num_res_blocks": 2,
+    "attention_levels": [False, True, True, True],
+    "norm_num_groups": 32,
+    "num_head_channels": 64,
+    "resblock_updown": True,
+    "dropout": 0.15,
+    "condition_embed_dim": 128,
+    "use_flash_attention": True,  # torch SDPA: memory-efficient attention on GPU and CPU (2x faster on CPU at 160 px)
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "image_size": 160,
+        **_PAPER_NET,
+        **_DIFFUSION,
+        "batch_size": 1,
+        "lr": 1.5625e-5,  # BUSGen: 6.25e-6 with a x2.5 warm-up multiplier -> peak 1.5625e-5
+        "warmup_multiplier": 0.4,  # warm-up starts at 6.25e-6 = 0.4 * peak
+        "warmup_fraction": 0.1,  # 7 of 70 epochs
+        "max_epochs": 70,
+        "weight_decay": 1e-4,
+        "grad_clip": 1.0,
+        "ema_decay": 0.0,  # BUSGen trains without EMA; 0 disables it
+    },
+    "toy": {
+        "image_size": 128,
+        **_PAPER_NET,
+        **_DIFFUSION,
+        "batch_size": 1,
+        "lr": 1.5625e-5,
+        "warmup_multiplier": 0.4,
+        "warmup_fraction": 0.1,
+        "max_epochs": 70,
+        "weight_decay": 1e-4,
+        "grad_clip": 1.0,
+        "ema_decay": 0.0,
+    },
+    "tiny": {
+        "image_size": 32,
+        "channels": [16, 32],
+        "num_res_blocks": 1,
+        "attention_levels": [False, False],
+        "norm_num_groups": 8,
+        "num_head_channels": 16,
+        "resblock_updown": False,
+        "dropout": 0.0,
+        "condition_embed_dim": 16,
+        "use_flash_attention": False,
+        **_DIFFUSION,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "warmup_multiplier": 0.1,
+        "warmup_fraction": 0.05,
+        "max_epochs": 2,
+        "weight_decay": 1e-4,
+        "grad_clip": 1.0,
+        "ema_decay": 0.99,
+    },
+}
+PRESET_NAMES = tuple(PRESETS)
+
+_NETWORK_KEYS = (
+    "channels",
+    "num_res_blocks",
+    "attention_levels",
+    "norm_num_groups",
+    "num_head_channels",
+    "resblock_updown",
+    "dropout",
+    "condition_embed_dim",
+    "use_flash_attention",
+)
+
+
+def get_preset(name: str, **overrides: Any) -> dict[str, Any]:
+    """A copy of preset ``name`` with ``overrides`` applied; an unknown name or key raises with the choices."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {list(PRESETS)} (bundle: --preset_name tiny)")
+    preset = copy.deepcopy(PRESETS[name])
+    unknown = set(overrides) - set(preset)
+    if unknown:
+        raise KeyError(f"preset {name!r} has no keys {sorted(unknown)}; keys are {sorted(preset)}")
+    preset.update(overrides)
+    preset["name"] = name
+    return preset
+
+
+def network_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~busgen_monai.networks.ConditionalDiffusionUNet` arguments a preset sets."""
+    return {k: copy.deepcopy(preset[k]) for k in _NETWORK_KEYS}
+
+
+def build_network(preset: dict[str, Any] | str, codec=None, **kwargs: Any):
+    """Build the preset's :class:`~busgen_monai.networks.ConditionalDiffusionUNet` (table sizes from ``codec``)."""
+    from busgen_monai.networks import ConditionalDiffusionUNet, ConditionCodec
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    codec = codec if codec is not None else ConditionCodec()
+    args = {"spatial_dims": 2, "image_channels": 3, **network_kwargs(preset), **codec.network_kwargs()}
+    args.update(kwargs)
+    return ConditionalDiffusionUNet(**args)
+
+
+def build_scheduler(preset: dict[str, Any] | str, kind: str = "ddpm", num_inference_steps: int | None = None):
+    """The preset's noise scheduler (``ddpm`` for training, ``ddim`` for fast validation sampling)."""
+    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[kind]
+    sched = cls(
+        num_train_timesteps=preset["num_train_timesteps"],
+        schedule="linear_beta",
+        beta_start=preset["beta_start"],
+        beta_end=preset["beta_end"],
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+    if num_inference_steps is not None:
+        sched.set_timesteps(num_inference_steps)
+    return sched
