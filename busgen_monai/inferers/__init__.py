@@ -1,1 +1,26 @@
+"""Guided sampling (classifier-free guidance, guard hooks), box priors and sharded data-set generation."""
 
+from .box_prior import BoxPrior, box_features, features_to_boxes
+from .generate import GenerationResult, file_sha256, generate_dataset, item_seed, plan_conditions, run_generation
+from .guided import GuidedDiffusionInferer, classifier_free_guidance, null_like
+from .loading import export_generator, generator_state, load_generator, read_checkpoint, resolve_checkpoint
+
+__all__ = [
+    "BoxPrior",
+    "GenerationResult",
+    "GuidedDiffusionInferer",
+    "box_features",
+    "classifier_free_guidance",
+    "export_generator",
+    "features_to_boxes",
+    "file_sha256",
+    "generate_dataset",
+    "generator_state",
+    "item_seed",
+    "load_generator",
+    "null_like",
+    "plan_conditions",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "run_generation",
+]
