@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "resolve_bundle", "resolve_configs", "parse_overrides"]
+__all__ = ["main", "build_parser", "resolve_bundle", "resolve_configs", "parse_overrides", "run_bundle"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -115,10 +115,10 @@ def cmd_bundles(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    bundle = resolve_bundle(args.bundle)
-    files = resolve_configs(bundle, args.config)
-    overrides = parse_overrides(extra)
+def run_bundle(bundle: str | Path, config: str, run_id: str = "run", **overrides) -> None:
+    """Run a bundle config in this process through ``monai.bundle.run`` (bundle root, metadata, logging set)."""
+    bundle = resolve_bundle(str(bundle))
+    files = resolve_configs(bundle, config)
     kwargs = {"bundle_root": str(bundle)}
     meta = bundle / "configs" / "metadata.json"
     if meta.is_file():
@@ -129,7 +129,11 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     kwargs.update(overrides)
     from monai.bundle import run
 
-    run(run_id=args.run_id, config_file=[str(f) for f in files] if len(files) > 1 else str(files[0]), **kwargs)
+    run(run_id=run_id, config_file=[str(f) for f in files] if len(files) > 1 else str(files[0]), **kwargs)
+
+
+def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    run_bundle(args.bundle, args.config, args.run_id, **parse_overrides(extra))
     return 0
 
 
