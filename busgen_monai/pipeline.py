@@ -8,9 +8,10 @@ The whole run ends with ``OUT/summary.json`` and the pictures each stage made.
 Stages (each new stage of the project joins this list):
 
 1. ``phantom``  - phantom breast-ultrasound data set (PNG + masks + datalist) and a PACS-style DICOM export
-2. ``datalist`` - validate the phantom datalist, summarise it, draw a sample grid
-3. ``pretrain`` - a short CPU pretraining run of the ``tiny`` preset (``bundles/busgen_pretrain``) on the phantom
-4. ``sample``   - generate a labelled synthetic set from it with DPM-Solver++ and CFG (``bundles/busgen_sample``)
+2. ``ingest``   - ingest the PACS-style DICOM export (cines, crops, de-identification, rejects with reasons)
+3. ``datalist`` - validate the phantom datalist, summarise it, draw a sample grid
+4. ``pretrain`` - a short CPU pretraining run of the ``tiny`` preset (``bundles/busgen_pretrain``) on the phantom
+5. ``sample``   - generate a labelled synthetic set from it with DPM-Solver++ and CFG (``bundles/busgen_sample``)
 """
 
 from __future__ import annotations
@@ -59,6 +60,19 @@ def _stage_phantom(ctx: DemoContext) -> dict:
     datalist = write_dataset(d / "dataset", n=240, seed=0, size=(128, 128))
     pacs = write_pacs_export(d / "pacs", n_patients=4, seed=0)
     return {"datalist": str(datalist), "pacs_export": str(pacs)}
+
+
+def _stage_ingest(ctx: DemoContext) -> dict:
+    from .data.ingest import ingest
+
+    d = ctx.stage_dir("ingest")
+    result = ingest(ctx.results["phantom"]["pacs_export"], d / "out", image_format="png", salt="busgen-demo",
+                    workers=1)
+    print(result.summary())
+    return {"datalist": str(result.datalist_path), "rejects": str(result.rejects_path),
+            "files_total": result.files_total, "files_ingested": result.files_ingested,
+            "files_rejected": result.files_rejected, "frames_written": result.frames_written,
+            "reject_reasons": dict(result.reasons)}
 
 
 def _stage_datalist(ctx: DemoContext) -> dict:
@@ -131,6 +145,7 @@ DEMO_NUM_GENERATED = 128
 
 STAGES: list[Stage] = [
     Stage("phantom", _stage_phantom, "phantom data set + PACS-style DICOM export"),
+    Stage("ingest", _stage_ingest, "ingest the phantom PACS export (DICOM cines -> de-identified frames + datalist)"),
     Stage("datalist", _stage_datalist, "validate and summarise the datalist, sample grid PNG"),
     Stage("pretrain", _stage_pretrain, "short CPU pretraining of the tiny conditional diffusion model"),
     Stage("sample", _stage_sample, "generate a labelled synthetic set (DPM-Solver++ 20 steps, CFG w=1.8)"),

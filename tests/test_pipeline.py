@@ -10,7 +10,9 @@ from busgen_monai.pipeline import STAGES, run_demo
 
 def test_demo_first_stages_and_resume(tmp_path, capsys):
     summary = run_demo(tmp_path, until="datalist")
-    assert list(summary["seconds"]) == ["phantom", "datalist"]
+    assert list(summary["seconds"]) == ["phantom", "ingest", "datalist"]
+    ing = summary["results"]["ingest"]
+    assert ing["files_ingested"] > 0 and ing["files_rejected"] > 0 and ing["reject_reasons"]
     dl = summary["results"]["datalist"]
     assert dl["summary"]["items"] == 240
     assert set(dl["summary"]["device"]) == {"PhantomMed-L7", "PhantomMed-L12", "PhantomMed-C5", "PhantomMed-T9"}
@@ -19,11 +21,11 @@ def test_demo_first_stages_and_resume(tmp_path, capsys):
     assert json.loads((tmp_path / "summary.json").read_text())["results"]["datalist"]["grid"] == dl["grid"]
     # a re-run skips finished stages
     again = run_demo(tmp_path, until="datalist")
-    assert again["seconds"] == {"phantom": "done earlier (skipped)", "datalist": "done earlier (skipped)"}
+    assert set(again["seconds"].values()) == {"done earlier (skipped)"} and len(again["seconds"]) == 3
     assert "already done, skipped" in capsys.readouterr().out
 
 
 def test_demo_unknown_stage():
     with pytest.raises(ValueError, match="unknown demo stage 'nope'"):
         run_demo("/tmp/never-written", until="nope")
-    assert [s.name for s in STAGES][:2] == ["phantom", "datalist"]
+    assert [s.name for s in STAGES][:3] == ["phantom", "ingest", "datalist"]
