@@ -200,6 +200,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_sample_"))
+    out.mkdir(parents=True, exist_ok=True)
     malloc = "MALLOC_MMAP_MAX_=0" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "default malloc"
     report = {"threads": args.threads, "malloc": malloc}
     if not args.skip_tiny:
