@@ -1,0 +1,79 @@
+"""Small helpers the bundle configs call: resumable checkpoints and metric output transforms."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["attach_handlers", "latest_checkpoint", "accuracy_output_transform", "write_json", "training_summary"]
+
+_EPOCH = re.compile(r"(?:epoch|iteration)=(\d+)")
+
+
+def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
+    """Attach handlers to an engine after it is built (``None`` entries, i.e. disabled components, are skipped).
+
+    Handlers that need the engine itself (a resume ``CheckpointLoader`` / ``CheckpointSaver`` holding the
+    trainer's state, an ``EarlyStopHandler`` holding the trainer) cannot be listed in the engine's own
+    handler list in a bundle config: that would be a circular reference.
+    """
+    for h in handlers or []:
+        if h is not None:
+            h.attach(engine)
+    return engine
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
+    """The newest resumable checkpoint ``<prefix>_epoch=N.pt`` (highest N) in ``ckpt_dir``, or ``None``."""
+    paths = glob.glob(os.path.join(str(ckpt_dir), f"{prefix}_*.pt"))
+    best, best_n = None, -1
+    for p in paths:
+        m = _EPOCH.search(os.path.basename(p))
+        n = int(m.group(1)) if m else -1
+        if n > best_n or (n == best_n and best is not None and os.path.getmtime(p) > os.path.getmtime(best)):
+            best, best_n = p, n
+    return best
+
+
+def accuracy_output_transform(output: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor]):
+    """``(probabilities (B, C), class index (B,))`` from decollated engine output whose ``label`` is one-hot,
+    the form ``ignite.metrics.Accuracy`` expects for multi-class accuracy."""
+    if isinstance(output, Mapping):
+        output = [output]
+    pred = torch.stack([torch.as_tensor(o["pred"]).float().reshape(-1) for o in output])
+    label = torch.stack([torch.as_tensor(o["label"]).reshape(-1).argmax() for o in output])
+    return pred, label
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> str:
+    """Write JSON atomically (temporary file, then rename); returns the path."""
+    from busgen_monai.data.schema import atomic_write_text
+    from busgen_monai.evaluation import to_jsonable
+
+    return str(atomic_write_text(Path(path), json.dumps(to_jsonable(payload), indent=2) + "\n"))
+
+
+def training_summary(trainer: Any, evaluator: Any = None, output_dir: str | os.PathLike = ".", extra: Mapping | None = None) -> str:
+    """Write ``training_summary.json`` (epochs, iterations, best validation metric, wall time) to ``output_dir``."""
+    state = trainer.state
+    summary: dict[str, Any] = {
+        "epochs": int(state.epoch),
+        "iterations": int(state.iteration),
+        "max_epochs": int(state.max_epochs or 0),
+        "last_loss": float(state.output[0]["loss"]) if isinstance(state.output, list) and state.output
+        and "loss" in state.output[0] else None,
+        "train_seconds": float(state.times.get("COMPLETED") or 0.0) if hasattr(state, "times") else None,
+    }
+    if evaluator is not None and getattr(evaluator.state, "best_metric", None) is not None:
+        summary["best_val_metric"] = float(evaluator.state.best_metric)
+        summary["best_val_epoch"] = int(evaluator.state.best_metric_epoch)
+        summary["val_metrics"] = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
+    summary.update(dict(extra or {}))
+    return write_json(Path(output_dir) / "training_summary.json", summary)
