@@ -12,8 +12,10 @@ Stages (each new stage of the project joins this list):
 3. ``datalist`` - validate the phantom datalist, summarise it, draw a sample grid
 4. ``pretrain`` - a short CPU pretraining run of the ``tiny`` preset (``bundles/busgen_pretrain``) on the phantom
 5. ``sample``   - generate a labelled synthetic set from it with DPM-Solver++ and CFG (``bundles/busgen_sample``)
-6. ``classify`` - train the downstream classifier (plugin ``busgen-classify``, bundle ``bus_classifier``) on the
-   generated set, evaluate it on the phantom's real test split: clinical report (AUROC with patient-bootstrap CI,
+6. ``clean``    - cleaning filter (plugin ``busgen-clean``): a judge trained on the real phantom removes generated
+   images whose lesion disagrees with their label
+7. ``classify`` - train the downstream classifier (plugin ``busgen-classify``, bundle ``bus_classifier``) on the
+   cleaned generated set, evaluate it on the phantom's real test split: clinical report (AUROC with patient-bootstrap CI,
    sensitivity/specificity/PPV/NPV, ROC/PR plots, t-SNE, Grad-CAM)
 """
 
@@ -143,6 +145,26 @@ def _stage_sample(ctx: DemoContext) -> dict:
             "grid": str(d / "sample_grid.png")}
 
 
+def _stage_clean(ctx: DemoContext) -> dict:
+    import torch
+
+    from .plugins import discover_plugins
+
+    registry = discover_plugins()
+    d = ctx.stage_dir("clean")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        judge = registry.component("clean", "train_judge")(ctx.results["phantom"]["datalist"], d / "judge",
+                                                         seeds=(0,), epochs=15)
+        summary = registry.component("clean", "clean_datalist")(ctx.results["sample"]["datalist"], d / "cleaned",
+                                                               judge, threshold=0.5)
+    finally:
+        torch.set_num_threads(threads)
+    return {"datalist": str(d / "cleaned" / "datalist.json"), "summary": summary,
+            "rejects_grid": str(d / "cleaned" / "rejects_grid.png")}
+
+
 def _stage_classify(ctx: DemoContext) -> dict:
     import json as _json
 
@@ -155,7 +177,7 @@ def _stage_classify(ctx: DemoContext) -> dict:
     torch.set_num_threads(1)
     try:
         common = {"output_dir": str(d), "datalists": [ctx.results["phantom"]["datalist"]],
-                  "train_datalists": [ctx.results["sample"]["datalist"]], "max_epochs": 8}
+                  "train_datalists": [ctx.results["clean"]["datalist"]], "max_epochs": 8}
         run_bundle("bus_classifier", "train,presets/cpu_tiny", **common)
         run_bundle("bus_classifier", "train,evaluate,presets/cpu_tiny", n_bootstrap=1000, **common)
     finally:
@@ -195,6 +217,7 @@ STAGES: list[Stage] = [
     Stage("datalist", _stage_datalist, "validate and summarise the datalist, sample grid PNG"),
     Stage("pretrain", _stage_pretrain, "short CPU pretraining of the tiny conditional diffusion model"),
     Stage("sample", _stage_sample, "generate a labelled synthetic set (DPM-Solver++ 20 steps, CFG w=1.8)"),
+    Stage("clean", _stage_clean, "cleaning filter: remove generated images whose lesion disagrees with the label"),
     Stage("classify", _stage_classify, "downstream classifier trained on generated data, evaluated on real phantom data"),
 ]
 
