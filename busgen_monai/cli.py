@@ -280,7 +280,52 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     dm.add_argument("--force", action="store_true", help="re-run finished stages")
     dm.add_argument("--until", default=None, help="stop after this stage (default: run all stages)")
+
+    pk = sub.add_parser("package", help="package an adapted generator as a model-zoo bundle folder + zip",
+                        description="Adapter-only (--form adapter: --adapter + --base) or merged (--form merged: --model).")
+    pk.add_argument("out", help="output folder (gets NAME/ and NAME.zip)")
+    pk.add_argument("--form", choices=["adapter", "merged"], default="adapter")
+    pk.add_argument("--adapter", default=None, help="adapter.pt from bundles/busgen_adapt")
+    pk.add_argument("--model", default=None, help="merged model.pt from bundles/busgen_adapt")
+    pk.add_argument("--base", default=None, help="base checkpoint the adapter was trained on (hash recorded)")
+    pk.add_argument("--box-prior", default=None, help="box_prior.json to ship (from the adapt run's models/)")
+    pk.add_argument("--devices", nargs="*", default=None, help="default devices to sample")
+    pk.add_argument("--preset", default="tiny")
+    pk.add_argument("--name", default="busgen_adapted")
+    pk.add_argument("--version", default="0.1.0")
+    pk.add_argument("--base-name", default="busgen_pretrain")
+    pk.add_argument("--base-version", default="0.1.0")
+
+    vf = sub.add_parser("verify", help="verify a bundle folder or zip offline (schema, hashes, shapes, sampling)")
+    vf.add_argument("bundle")
+    vf.add_argument("--base", default=None, help="base checkpoint (adapter-only bundles)")
+    vf.add_argument("--no-sample", action="store_true", help="skip the load-and-sample round trip")
     return p
+
+
+def cmd_package(args) -> int:
+    from .bundle_tools import package_bundle
+
+    root, zpath = package_bundle(args.out, args.form, adapter=args.adapter, merged_model=args.model,
+                                 base_checkpoint=args.base, preset_name=args.preset, name=args.name,
+                                 version=args.version, base_name=args.base_name, base_version=args.base_version,
+                                 box_prior=args.box_prior, devices=args.devices)
+    print(f"bundle: {root}\nzip: {zpath}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .bundle_tools import BundleVerificationError, verify_bundle
+
+    try:
+        report = verify_bundle(args.bundle, base_checkpoint=args.base, sample=not args.no_sample)
+    except BundleVerificationError as err:
+        print(f"busgen verify: FAILED: {err}", file=sys.stderr)
+        return 1
+    for k, v in report.items():
+        print(f"{k}: {v}")
+    print("busgen verify: OK")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     handlers = {"plugins": cmd_plugins, "bundles": cmd_bundles, "phantom": cmd_phantom,
-                "datalist": cmd_datalist, "demo": cmd_demo}
+                "datalist": cmd_datalist, "demo": cmd_demo, "package": cmd_package, "verify": cmd_verify}
     try:
         if args.command == "run":
             return cmd_run(args, extra)

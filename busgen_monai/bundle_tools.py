@@ -1,0 +1,343 @@
+"""Package adapted generators as MONAI model-zoo bundles and verify bundles offline.
+
+:func:`package_bundle` writes a bundle folder and a zip in the model-zoo layout::
+
+    NAME/
+      LICENSE
+      configs/metadata.json      version, changelog, monai/pytorch versions, required packages, network_data_format,
+                                 intended use, data source (+ base_model name/version/sha256 for the adapter form)
+      configs/inference.json     sampling config (same keys as bundles/busgen_sample), form preset
+      configs/logging.conf
+      models/adapter.pt | models/model.pt
+      docs/README.md
+      large_files.yml            path + sha256 of every model file
+
+Two forms: ``adapter`` (adapter-only weights; the base is referenced by name, version and hash, and inference needs
+``--base_checkpoint PATH``) and ``merged`` (LoRA folded into the weights; self-contained).
+
+:func:`verify_bundle` checks a bundle folder or zip offline: metadata against the shipped JSON schema
+(``busgen_monai/resources/bundle_metadata_schema.json``), sha256 of the files in ``large_files.yml``, a
+``verify_net_in_out``-style shape check (network from the inference config, inputs shaped per
+``network_data_format``), and a load-and-sample round trip from the zip extracted into a fresh temp folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BundleVerificationError", "package_bundle", "verify_bundle", "validate_metadata", "check_large_files",
+           "check_network_shapes", "SCHEMA_PATH"]
+
+SCHEMA_PATH = Path(__file__).parent / "resources" / "bundle_metadata_schema.json"
+_ADAPT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "busgen_adapt"
+_REQUIRED = ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md", "large_files.yml")
+
+
+class BundleVerificationError(ValueError):
+    """A bundle failed verification; the message names the file/key and what is wrong."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("busgen-monai", "pytorch-ignite", "einops", "peft", "pillow", "tqdm"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def package_bundle(
+    out_dir: str | Path,
+    form: str = "adapter",
+    adapter: str | Path | None = None,
+    merged_model: str | Path | None = None,
+    base_checkpoint: str | Path | None = None,
+    preset_name: str = "tiny",
+    name: str = "busgen_adapted",
+    version: str = "0.1.0",
+    changelog: Mapping[str, str] | None = None,
+    base_name: str = "busgen_pretrain",
+    base_version: str = "0.1.0",
+    intended_use: str | None = None,
+    data_source: str | None = None,
+    source_bundle: str | Path = _ADAPT_BUNDLE,
+    box_prior: str | Path | None = None,
+    devices: Sequence[str] | None = None,
+    make_zip: bool = True,
+) -> tuple[Path, Path | None]:
+    """Write bundle folder ``out_dir/name`` (and ``out_dir/name.zip``); returns ``(folder, zip_or_None)``.
+
+    Args:
+        form: ``"adapter"`` (needs ``adapter`` and ``base_checkpoint``, whose hash is recorded) or ``"merged"``
+            (needs ``merged_model``).
+        adapter / merged_model: files written by the ``busgen_adapt`` bundle (``models/adapter.pt``, ``models/model.pt``).
+        base_checkpoint: the base the adapter was trained on (not copied; identified by name/version/sha256).
+        preset_name: the network preset (sets shapes in ``network_data_format`` and the inference default).
+        box_prior: a box prior JSON (``models/box_prior.json`` of an adapt run), shipped in ``models/`` and used by
+            the inference config (its pathologies become the default ones to sample).
+        devices: default devices to sample (inference key ``devices``).
+    """
+    import monai
+    import torch
+
+    from .presets import get_preset
+
+    if form not in ("adapter", "merged"):
+        raise ValueError(f"form must be 'adapter' or 'merged', got {form!r}")
+    src = Path(source_bundle)
+    model_src = Path(adapter if form == "adapter" else merged_model or "")
+    if not model_src.is_file():
+        raise FileNotFoundError(f"{form} model file {model_src} does not exist")
+    if form == "adapter" and (base_checkpoint is None or not Path(base_checkpoint).is_file()):
+        raise FileNotFoundError(f"the adapter form needs the base checkpoint it was trained on (got {base_checkpoint})")
+    root = Path(out_dir) / name
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    (root / "docs").mkdir()
+    shutil.copy2(src / "LICENSE", root / "LICENSE")
+    shutil.copy2(src / "configs" / "logging.conf", root / "configs" / "logging.conf")
+    model_name = "adapter.pt" if form == "adapter" else "model.pt"
+    shutil.copy2(model_src, root / "models" / model_name)
+
+    state = torch.load(model_src, map_location="cpu", weights_only=False)
+    codec = (state.get("busgen_extra", {}) or {}).get("codec") if form == "adapter" else state.get("codec")
+    preset = get_preset(preset_name)
+    meta = json.loads((src / "configs" / "metadata.json").read_text())
+    meta.update({
+        "version": version,
+        "changelog": dict(changelog or {version: f"{form} bundle packaged from busgen_adapt"}),
+        "monai_version": monai.__version__.split("+")[0],
+        "pytorch_version": torch.__version__.split("+")[0],
+        "required_packages_version": _versions(),
+        "name": name,
+        "intended_use": intended_use or meta.get("intended_use", "Research only. Not for clinical use."),
+        "data_source": data_source or meta.get("data_source", ""),
+        "bundle_form": form,
+        "preset_name": preset_name,
+    })
+    if codec:
+        meta["conditions"] = {"pathologies": codec.get("pathologies"), "max_boxes": codec.get("max_boxes", 8)}
+    nd = meta["network_data_format"]
+    size = [int(preset["image_size"])] * 2
+    nd["inputs"]["image"]["spatial_shape"] = size
+    nd["outputs"]["pred"]["spatial_shape"] = size
+    nd["inputs"]["timesteps"]["value_range"] = [0, int(preset["num_train_timesteps"]) - 1]
+    if codec:
+        nd["inputs"]["context"]["spatial_shape"] = [3 + 4 * int(codec.get("max_boxes", 8))]
+    if form == "adapter":
+        meta["base_model"] = {"name": base_name, "version": base_version, "sha256": _sha256(Path(base_checkpoint))}
+    else:
+        meta.pop("base_model", None)
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
+
+    inf = json.loads((src / "configs" / "inference.json").read_text())
+    inf["form"] = form
+    inf["preset_name"] = preset_name
+    if box_prior is not None:
+        from .inferers.box_prior import BoxPrior
+
+        prior = BoxPrior.load(box_prior)
+        shutil.copy2(box_prior, root / "models" / "box_prior.json")
+        inf["box_prior"] = "$os.path.join(@bundle_root, 'models', 'box_prior.json')"
+        inf["pathologies"] = list(prior.pathologies)
+    if devices:
+        inf["devices"] = list(devices)
+    if form == "adapter":
+        inf["base_checkpoint"] = "$os.path.join(@bundle_root, 'models', 'base.pt')"
+    (root / "configs" / "inference.json").write_text(json.dumps(inf, indent=4))
+
+    base_line = (f"Adapter-only weights. Base: `{base_name}` {base_version}, sha256 `{meta['base_model']['sha256']}` "
+                 "(not included). Sample with `python -m monai.bundle run --config_file configs/inference.json "
+                 "--bundle_root . --base_checkpoint /path/to/base.pt`."
+                 if form == "adapter" else
+                 "Merged weights (LoRA folded in); self-contained. Sample with `python -m monai.bundle run "
+                 "--config_file configs/inference.json --bundle_root .`.")
+    readme = (f"# {name} ({form} form)\n\n{meta['description']}\n\n{base_line}\n\n"
+              f"Preset: `{preset_name}`; conditions: {meta.get('conditions')}.\n\n"
+              f"Verify offline: `busgen verify {name}.zip" + (" --base /path/to/base.pt`" if form == "adapter" else "`")
+              + f".\n\nIntended use: {meta['intended_use']}\n")
+    (root / "docs" / "README.md").write_text(readme)
+    files = [model_name] + (["box_prior.json"] if box_prior is not None else [])
+    entries = [f"  - path: models/{f}\n    url: ''\n    hash_val: {_sha256(root / 'models' / f)}\n"
+               "    hash_type: sha256\n" for f in files]
+    (root / "large_files.yml").write_text("large_files:\n" + "".join(entries))
+    zpath = None
+    if make_zip:
+        zpath = Path(out_dir) / f"{name}.zip"
+        with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(root.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f.relative_to(root.parent).as_posix())
+    return root, zpath
+
+
+# ---------------------------------------------------------------------------------------------------- verification
+def validate_metadata(meta_path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Parse and validate ``metadata.json`` against the shipped schema (no network); returns the metadata."""
+    import jsonschema
+
+    meta_path = Path(meta_path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BundleVerificationError(f"{meta_path}: not readable JSON ({err})") from err
+    schema = json.loads(Path(schema_path).read_text())
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(meta), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  key '{'/'.join(map(str, e.absolute_path)) or '<root>'}': {e.message}" for e in errors]
+        raise BundleVerificationError(f"{meta_path} does not match {Path(schema_path).name}:\n" + "\n".join(lines))
+    return meta
+
+
+def check_large_files(root: str | Path) -> list[str]:
+    """Check every file of ``large_files.yml`` exists and has its sha256; returns the checked paths."""
+    import yaml
+
+    root = Path(root)
+    lf = root / "large_files.yml"
+    try:
+        data = yaml.safe_load(lf.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise BundleVerificationError(f"{lf}: not readable YAML ({err})") from err
+    checked = []
+    for entry in data.get("large_files", []):
+        path = root / entry["path"]
+        if not path.is_file():
+            raise BundleVerificationError(f"{entry['path']}: listed in large_files.yml but missing from the bundle")
+        want = str(entry.get("hash_val", "")).lower()
+        got = _sha256(path)
+        if entry.get("hash_type", "sha256") != "sha256" or got != want:
+            raise BundleVerificationError(
+                f"{entry['path']}: sha256 {got} does not match large_files.yml ({want}); the file was modified or "
+                "corrupted - re-download or re-package the bundle")
+        checked.append(entry["path"])
+    if not checked:
+        raise BundleVerificationError(f"{lf}: lists no model files")
+    return checked
+
+
+def _parser(root: Path, overrides: Mapping[str, Any]):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    for k, v in overrides.items():
+        parser[k] = v
+    return parser
+
+
+def check_network_shapes(root: str | Path, meta: Mapping[str, Any], overrides: Mapping[str, Any] | None = None):
+    """Instantiate the network from the inference config and feed inputs shaped per ``network_data_format``."""
+    import torch
+
+    root = Path(root)
+    parser = _parser(root, {"device": "$torch.device('cpu')", **(overrides or {})})
+    try:
+        network = parser.get_parsed_content("network")
+    except Exception as err:  # noqa: BLE001
+        raise BundleVerificationError(f"{root / 'configs/inference.json'}: cannot build 'network': {err}") from err
+    nd = meta["network_data_format"]
+    img = nd["inputs"]["image"]
+    x = torch.randn(1, int(img["num_channels"]), *map(int, img["spatial_shape"]))
+    t = torch.zeros(1, dtype=torch.long)
+    ctx = None
+    if "context" in nd["inputs"]:
+        ctx = -torch.ones(1, 1, *map(int, nd["inputs"]["context"]["spatial_shape"]))
+    with torch.no_grad():
+        try:
+            y = network.eval()(x, timesteps=t, context=ctx)
+        except Exception as err:  # noqa: BLE001
+            raise BundleVerificationError(
+                f"configs/metadata.json network_data_format inputs {tuple(x.shape)} do not run through the network: {err}") from err
+    out = nd["outputs"]["pred"]
+    want = (1, int(out["num_channels"]), *map(int, out["spatial_shape"]))
+    if tuple(y.shape) != want:
+        raise BundleVerificationError(
+            f"configs/metadata.json network_data_format/outputs/pred: expected shape {want}, network gives {tuple(y.shape)}")
+    return tuple(y.shape)
+
+
+def _bundle_root(path: Path, workdir: Path) -> Path:
+    if path.is_dir():
+        dst = workdir / path.name
+        shutil.copytree(path, dst)
+        return dst
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.extractall(workdir)
+    except zipfile.BadZipFile as err:
+        raise BundleVerificationError(f"{path}: not a zip file ({err})") from err
+    tops = [p for p in workdir.iterdir() if p.is_dir()]
+    if len(tops) != 1:
+        raise BundleVerificationError(f"{path}: expected one top-level bundle folder, found {[p.name for p in tops]}")
+    return tops[0]
+
+
+def verify_bundle(path: str | Path, base_checkpoint: str | Path | None = None, sample: bool = True,
+                  num_images: int = 2, num_inference_steps: int = 2) -> dict[str, Any]:
+    """Verify a bundle folder or zip offline; returns a report dict, raises :class:`BundleVerificationError`.
+
+    The bundle is copied/extracted into a fresh temp folder first, so the round trip proves the package is
+    self-contained (plus the base checkpoint for the adapter form, passed as ``base_checkpoint``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BundleVerificationError(f"{path} does not exist")
+    report: dict[str, Any] = {"bundle": str(path)}
+    with tempfile.TemporaryDirectory(prefix="busgen_verify_") as tmp:
+        root = _bundle_root(path, Path(tmp) / "bundle")
+        missing = [f for f in _REQUIRED if not (root / f).is_file()]
+        if missing:
+            raise BundleVerificationError(f"{path}: missing required files {missing}")
+        meta = validate_metadata(root / "configs" / "metadata.json")
+        report["metadata"] = "ok"
+        report["large_files"] = check_large_files(root)
+        overrides: dict[str, Any] = {}
+        if meta.get("bundle_form") == "adapter" or "base_model" in meta:
+            if base_checkpoint is None:
+                raise BundleVerificationError(
+                    f"{path} is an adapter-only bundle (base {meta.get('base_model')}); pass the base checkpoint (--base)")
+            want = meta["base_model"]["sha256"]
+            if want and _sha256(Path(base_checkpoint)) != want:
+                raise BundleVerificationError(
+                    f"base checkpoint {base_checkpoint} has sha256 {_sha256(Path(base_checkpoint))}, "
+                    f"configs/metadata.json base_model/sha256 expects {want}")
+            overrides["base_checkpoint"] = str(Path(base_checkpoint).resolve())
+        report["net_in_out"] = check_network_shapes(root, meta, overrides)
+        if sample:
+            out = Path(tmp) / "samples"
+            parser = _parser(root, {**overrides, "device": "$torch.device('cpu')", "output_dir": str(out),
+                                    "num_images": int(num_images), "num_inference_steps": int(num_inference_steps),
+                                    "progress": False, "chunk_size": int(num_images)})
+            try:
+                for expr in parser.get_parsed_content("run"):
+                    pass
+            except Exception as err:  # noqa: BLE001
+                raise BundleVerificationError(f"{path}: sampling with configs/inference.json failed: {err}") from err
+            dl = json.loads((out / "datalist.json").read_text())
+            n = sum(1 for v in dl.values() if isinstance(v, list) for it in v if isinstance(it, dict))
+            if n < 1:
+                raise BundleVerificationError(f"{path}: the sampling round trip produced no images")
+            report["sampled"] = n
+    return report
