@@ -11,10 +11,12 @@ Stages (each new stage of the project joins this list):
 2. ``ingest``   - ingest the PACS-style DICOM export (cines, crops, de-identification, rejects with reasons)
 3. ``datalist`` - validate the phantom datalist, summarise it, draw a sample grid
 4. ``pretrain`` - a short CPU pretraining run of the ``tiny`` preset (``bundles/busgen_pretrain``) on the phantom
-5. ``sample``   - generate a labelled synthetic set from it with DPM-Solver++ and CFG (``bundles/busgen_sample``)
-6. ``clean``    - cleaning filter (plugin ``busgen-clean``): a judge trained on the real phantom removes generated
+5. ``adapt``    - few-shot LoRA adaptation of the tiny base to one phantom device (``bundles/busgen_adapt``), samples
+   from the adapted model, and a model-zoo bundle zip of the adapter checked with ``busgen verify``
+6. ``sample``   - generate a labelled synthetic set from it with DPM-Solver++ and CFG (``bundles/busgen_sample``)
+7. ``clean``    - cleaning filter (plugin ``busgen-clean``): a judge trained on the real phantom removes generated
    images whose lesion disagrees with their label
-7. ``classify`` - train the downstream classifier (plugin ``busgen-classify``, bundle ``bus_classifier``) on the
+8. ``classify`` - train the downstream classifier (plugin ``busgen-classify``, bundle ``bus_classifier``) on the
    cleaned generated set, evaluate it on the phantom's real test split: clinical report (AUROC with patient-bootstrap CI,
    sensitivity/specificity/PPV/NPV, ROC/PR plots, t-SNE, Grad-CAM)
 """
@@ -124,6 +126,26 @@ def _stage_pretrain(ctx: DemoContext) -> dict:
     return {"checkpoint": str(ckpt), "model": str(model), "sample_grid": str(grids[-1]) if grids else None}
 
 
+def _stage_adapt(ctx: DemoContext) -> dict:
+    import torch
+
+    from .adaptation.demo import adapt_demo_stage
+    from .bundle_tools import verify_bundle
+
+    d = ctx.stage_dir("adapt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = adapt_demo_stage(ctx.results["phantom"]["datalist"], ctx.results["pretrain"]["model"], d)
+        verified = None
+        if result.get("bundle_zip"):
+            report = verify_bundle(result["bundle_zip"], base_checkpoint=ctx.results["pretrain"]["model"])
+            verified = {k: v for k, v in report.items() if isinstance(v, (bool, int, float, str))}
+    finally:
+        torch.set_num_threads(threads)
+    return {**{k: str(v) for k, v in result.items()}, "verified": verified}
+
+
 def _stage_sample(ctx: DemoContext) -> dict:
     import json as _json
 
@@ -216,6 +238,7 @@ STAGES: list[Stage] = [
     Stage("ingest", _stage_ingest, "ingest the phantom PACS export (DICOM cines -> de-identified frames + datalist)"),
     Stage("datalist", _stage_datalist, "validate and summarise the datalist, sample grid PNG"),
     Stage("pretrain", _stage_pretrain, "short CPU pretraining of the tiny conditional diffusion model"),
+    Stage("adapt", _stage_adapt, "few-shot LoRA adaptation to one device, samples, zoo bundle + verify"),
     Stage("sample", _stage_sample, "generate a labelled synthetic set (DPM-Solver++ 20 steps, CFG w=1.8)"),
     Stage("clean", _stage_clean, "cleaning filter: remove generated images whose lesion disagrees with the label"),
     Stage("classify", _stage_classify, "downstream classifier trained on generated data, evaluated on real phantom data"),
