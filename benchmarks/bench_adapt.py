@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -55,10 +56,10 @@ def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    dl = load_bus_bra("/work/shared/data/bus_bra")
+    root = Path(os.environ.get("BUSGEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "bus_bra"
+    dl = load_bus_bra(root)
     if not isinstance(dl, dict):
         dl = dl[0]
-    root = Path("/work/shared/data/bus_bra")
     items = [dict(it, image=str(root / it["image"]) if not Path(it["image"]).is_absolute() else it["image"])
              for split in ("training", "validation", "test") for it in dl.get(split, [])]
     for it in items:
