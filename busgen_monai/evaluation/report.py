@@ -22,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -118,17 +117,9 @@ def _sections(results: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..data.schema import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def _collect_plots(out_dir: Path, plots: Mapping[str, Any]) -> dict[str, str]:
