@@ -141,8 +141,23 @@ def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_
 
     before = generate(*load_generator(base_ckpt, "tiny"), "before")
     after = generate(*load_adapted_generator(base_ckpt, ad_out / "models" / "adapter.pt", "tiny"), "after")
-    frac_before = float(np.mean(clf.predict(np.array([features(i) for i in before]))))
-    frac_after = float(np.mean(clf.predict(np.array([features(i) for i in after]))))
+    f_before = np.array([features(i) for i in before])
+    f_after = np.array([features(i) for i in after])
+    frac_before = float(np.mean(clf.predict(f_before)))
+    frac_after = float(np.mean(clf.predict(f_after)))
+    p_before = float(np.mean(clf.predict_proba(f_before)[:, 1]))
+    p_after = float(np.mean(clf.predict_proba(f_after)[:, 1]))
+    # distance of the generated set's mean feature vector to the real Toshiba / real GE means (standardised by the
+    # real images' feature spread): adaptation should move it toward Toshiba
+    scaler = clf[0]
+    real_t = scaler.transform(X[y])
+    real_g = scaler.transform(X[~y])
+
+    def dists(f):
+        m = scaler.transform(f).mean(0)
+        return float(np.linalg.norm(m - real_t.mean(0))), float(np.linalg.norm(m - real_g.mean(0)))
+
+    d_before, d_after = dists(f_before), dists(f_after)
     real_tosh = [load_grey(it["image"]) for it in tosh[:8]]
 
     from PIL import Image
@@ -151,6 +166,8 @@ def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_
     Image.fromarray((np.concatenate(rows, axis=0) * 255).astype(np.uint8)).resize((8 * 96, 3 * 96), Image.NEAREST).save(
         out / "before_after_grid.png")
     res = {"classifier_holdout_acc": acc, "frac_toshiba_before": frac_before, "frac_toshiba_after": frac_after,
+           "mean_p_toshiba_before": p_before, "mean_p_toshiba_after": p_after,
+           "feature_dist_to_toshiba_ge_before": d_before, "feature_dist_to_toshiba_ge_after": d_after,
            "n_generated": len(after), "n_adapt_images": n_adapt, "pretrain_s": round(t_pre, 1), "adapt_s": round(t_ad, 1),
            "total_s": round(time.time() - t0, 1), "grid": str(out / "before_after_grid.png"),
            "grid_rows": "real Toshiba / base (before) / adapted (after)"}
@@ -164,6 +181,7 @@ if __name__ == "__main__":
     ap.add_argument("--pretrain_epochs", type=int, default=24)
     ap.add_argument("--adapt_epochs", type=int, default=60)
     ap.add_argument("--n_adapt", type=int, default=30)
+    ap.add_argument("--n_gen", type=int, default=48)
     ap.add_argument("--out", default="/tmp/bench_adapt")
     a = ap.parse_args()
-    main(a.pretrain_epochs, a.adapt_epochs, a.n_adapt, out=a.out)
+    main(a.pretrain_epochs, a.adapt_epochs, a.n_adapt, n_gen=a.n_gen, out=a.out)

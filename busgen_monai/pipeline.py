@@ -14,9 +14,12 @@ Stages (each new stage of the project joins this list):
 5. ``adapt``    - few-shot LoRA adaptation of the tiny base to one phantom device (``bundles/busgen_adapt``), samples
    from the adapted model, and a model-zoo bundle zip of the adapter checked with ``busgen verify``
 6. ``sample``   - generate a labelled synthetic set from it with DPM-Solver++ and CFG (``bundles/busgen_sample``)
-7. ``clean``    - cleaning filter (plugin ``busgen-clean``): a judge trained on the real phantom removes generated
+7. ``privacy``  - privacy plugin (``busgen-cpsample``): protecting classifier for the tiny generator, a guarded
+   sample set (CPSampling), and the privacy audit (nearest training image by cosine and MS-SSIM) of the unguarded
+   and guarded sets
+8. ``clean``    - cleaning filter (plugin ``busgen-clean``): a judge trained on the real phantom removes generated
    images whose lesion disagrees with their label
-8. ``classify`` - train the downstream classifier (plugin ``busgen-classify``, bundle ``bus_classifier``) on the
+9. ``classify`` - train the downstream classifier (plugin ``busgen-classify``, bundle ``bus_classifier``) on the
    cleaned generated set, evaluate it on the phantom's real test split: clinical report (AUROC with patient-bootstrap CI,
    sensitivity/specificity/PPV/NPV, ROC/PR plots, t-SNE, Grad-CAM)
 """
@@ -167,6 +170,45 @@ def _stage_sample(ctx: DemoContext) -> dict:
             "grid": str(d / "sample_grid.png")}
 
 
+def _stage_privacy(ctx: DemoContext) -> dict:
+    import json as _json
+
+    import torch
+
+    from .cli import run_bundle
+    from .plugins import discover_plugins
+
+    registry = discover_plugins()
+    plugin = registry["cpsample"]
+    d = ctx.stage_dir("privacy")
+    model = ctx.results["pretrain"]["model"]
+    datalist = ctx.results["phantom"]["datalist"]
+    protector = d / "protector.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_bundle("cpsample", "train_protector", generator_checkpoint=model, datalist=datalist, preset_name="tiny",
+                   protector_path=str(protector), channels=[16, 32, 32], max_iterations=DEMO_PROTECTOR_ITERATIONS,
+                   check_interval=100, num_threads=1, progress_bar=True)
+        overlay = plugin.bundle_paths()["cpsample"] / "configs" / "guard_overlay.json"
+        guarded = d / "guarded"
+        run_bundle("busgen_sample", f"inference,{overlay}", checkpoint=model, preset_name="tiny", datalist=datalist,
+                   output_dir=str(guarded), num_images=DEMO_NUM_GUARDED, num_inference_steps=20, chunk_size=16,
+                   protector_path=str(protector), cpsample_strength=30.0, cpsample_alpha=0.25)
+        audit = registry.component("cpsample", "audit")
+        summaries = {}
+        for name, generated in (("unguarded", ctx.results["sample"]["datalist"]),
+                                ("guarded", str(guarded / "datalist.json"))):
+            s = audit(generated, datalist, d / f"audit_{name}", threshold=0.95, ssim_threshold=0.85, rule="both",
+                      progress=False)
+            summaries[name] = {k: s.get(k) for k in ("passed", "near_copies", "cosine", "ms_ssim")}
+    finally:
+        torch.set_num_threads(threads)
+    stats = _json.loads((guarded / "guard_stats_rank0.json").read_text())
+    return {"protector": str(protector), "guarded_datalist": str(guarded / "datalist.json"), "guard_stats": stats,
+            "audit": summaries}
+
+
 def _stage_clean(ctx: DemoContext) -> dict:
     import torch
 
@@ -232,6 +274,8 @@ def _find_key(obj, key):
 
 DEMO_PRETRAIN_EPOCHS = 40
 DEMO_NUM_GENERATED = 128
+DEMO_NUM_GUARDED = 32
+DEMO_PROTECTOR_ITERATIONS = 400
 
 STAGES: list[Stage] = [
     Stage("phantom", _stage_phantom, "phantom data set + PACS-style DICOM export"),
@@ -240,6 +284,7 @@ STAGES: list[Stage] = [
     Stage("pretrain", _stage_pretrain, "short CPU pretraining of the tiny conditional diffusion model"),
     Stage("adapt", _stage_adapt, "few-shot LoRA adaptation to one device, samples, zoo bundle + verify"),
     Stage("sample", _stage_sample, "generate a labelled synthetic set (DPM-Solver++ 20 steps, CFG w=1.8)"),
+    Stage("privacy", _stage_privacy, "privacy guard (CPSampling) and audit of the generated sets against the training set"),
     Stage("clean", _stage_clean, "cleaning filter: remove generated images whose lesion disagrees with the label"),
     Stage("classify", _stage_classify, "downstream classifier trained on generated data, evaluated on real phantom data"),
 ]

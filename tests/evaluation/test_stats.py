@@ -66,6 +66,38 @@ def test_fast_delong_matches_slow_structural_components(seed):
     np.testing.assert_allclose(cov, cov_slow, atol=1e-12, rtol=0)
 
 
+# Hanley & McNeil (1982), "The meaning and use of the area under a receiver operating characteristic (ROC) curve",
+# Radiology 143:29-36, Table I: 109 CT images read on a 5-point scale (1 = definitely normal ... 5 = definitely
+# abnormal). The same table is the worked example of the Stata Reference Manual, [R] roctab ("webuse hanley"), whose
+# default standard error is DeLong's; it prints: ROC area 0.8932, Std. Err. 0.0307, asymptotic normal 95 % CI
+# 0.83295 - 0.95339. (Hanley & McNeil's own SE, 0.032, uses their exponential approximation, not DeLong.)
+HANLEY_MCNEIL_NORMAL = (33, 6, 6, 11, 2)  # counts of ratings 1..5 among the 58 normal images
+HANLEY_MCNEIL_ABNORMAL = (3, 2, 2, 11, 33)  # and among the 51 abnormal images
+
+
+def _from_counts(neg_counts, pos_counts):
+    ratings = np.arange(1, len(neg_counts) + 1, dtype=float)
+    y = np.r_[np.zeros(sum(neg_counts), int), np.ones(sum(pos_counts), int)]
+    s = np.r_[np.repeat(ratings, neg_counts), np.repeat(ratings, pos_counts)]
+    return y, s
+
+
+def test_delong_matches_published_worked_example_hanley_mcneil_stata():
+    y, s = _from_counts(HANLEY_MCNEIL_NORMAL, HANLEY_MCNEIL_ABNORMAL)
+    assert len(y) == 109 and y.sum() == 51
+    auc, var = delong_auc_variance(y, s)
+    assert abs(auc - 0.8932) < 1e-4
+    assert abs(np.sqrt(var) - 0.0307) < 1e-4  # the published DeLong standard error (4 decimals)
+    _, lo, hi = delong_ci(y, s)
+    assert abs(lo - 0.83295) < 1e-5 and abs(hi - 0.95339) < 1e-5  # printed to 5 decimals
+    # the published table gives the exact AUC as a ratio of pair counts: 2642 / (51 * 58)
+    assert auc == pytest.approx(2642 / 2958, abs=1e-12)
+    # DeLong's test of this AUC against a useless reader (all ratings tied, AUC 0.5, zero variance):
+    # z = (AUC - 0.5) / SE, the published numbers give z = 12.81
+    a, b, z, p, _ = delong_test(y, s, np.zeros_like(s))
+    assert b == 0.5 and abs(z - (0.8932 - 0.5) / 0.0307) < 0.05 and p < 1e-30
+
+
 def test_delong_closed_form_cases():
     # perfectly separated: AUC 1 and zero variance
     y = np.array([0, 0, 0, 1, 1, 1, 1])
