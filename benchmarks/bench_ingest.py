@@ -19,7 +19,7 @@ The overhead ratio is ``t(ours) / t(pydicom iter_pixels) - 1`` for the same file
 
 Usage::
 
-    python benchmarks/bench_ingest.py [--frames 120] [--repeat 3] [--copies 4] [--json results.json]
+    python benchmarks/bench_ingest.py [--frames 120] [--repeat 7] [--copies 8] [--json results.json]
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=120, help="frames per cine (default 120)")
     p.add_argument("--repeat", type=int, default=7, help="best of N interleaved timings (default 7)")
-    p.add_argument("--copies", type=int, default=4, help="cines in the ingest benchmark (default 4)")
+    p.add_argument("--copies", type=int, default=8,
+                   help="cines in the multi-process and ingest benchmarks (default 8: amortises worker start-up)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default 1 2)")
     p.add_argument("--json", help="write the results to this JSON file")
     args = p.parse_args(argv)

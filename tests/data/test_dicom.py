@@ -219,6 +219,55 @@ def test_monochrome1_is_inverted(tmp_path):
     assert np.array_equal(_frames(tmp_path / "m1.dcm", region="none")[0], 255 - m2)
 
 
+def _pydicom_frames(path, **kw) -> list[np.ndarray]:
+    """The same reader with the memory-mapped native path switched off (every frame through pydicom)."""
+    us = UltrasoundDicom(path, **kw)
+    us._native = False
+    return [f for _, f in us.frames()]
+
+
+def test_native_memory_map_equals_pydicom_decode(tmp_path, dicom_dir):
+    """8-bit native files are read through a copy-on-write memory map: same frames as pydicom's decoder for
+    grey (MONOCHROME1/2), RGB, palette and implicit VR cines; planar colour, 16 bit, big endian and short pixel
+    data stay on pydicom; handed-out frames never write to the file."""
+    rgb = pydicom.dcmread(dicom_dir / "us_doppler_8f_implicit_le_rgb.dcm")
+    cases = {"implicit_rgb": dicom_dir / "us_doppler_8f_implicit_le_rgb.dcm",
+             "palette": _sample("examples_palette.dcm"), "rgb": _sample("examples_rgb_color.dcm")}
+    grey = rgb.pixel_array.max(axis=-1).astype(np.uint8)  # (8, H, W)
+    for pi, name in (("MONOCHROME2", "m2"), ("MONOCHROME1", "m1")):
+        ds = pydicom.dcmread(cases["implicit_rgb"])  # (Dataset.copy is shallow: elements are shared)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelData = 1, pi, grey.tobytes()
+        if "PlanarConfiguration" in ds:
+            del ds.PlanarConfiguration
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+        cases[name] = tmp_path / f"{name}.dcm"
+    planar = pydicom.dcmread(cases["implicit_rgb"])
+    planar.PlanarConfiguration = 1
+    planar.PixelData = np.ascontiguousarray(rgb.pixel_array.transpose(0, 3, 1, 2)).tobytes()
+    planar.save_as(tmp_path / "planar.dcm", enforce_file_format=True)
+    for name, path in cases.items():
+        us = UltrasoundDicom(path, region="none")
+        assert us._native_frames() is not None, name
+        ours, ref = _frames(path), _pydicom_frames(path)
+        assert len(ours) == len(ref) == us.n_frames and all(np.array_equal(a, b) for a, b in zip(ours, ref)), name
+        full = [f for _, f in UltrasoundDicom(path, region="none").frames()]
+        assert all(np.array_equal(a, b) for a, b in zip(full, _pydicom_frames(path, region="none"))), name
+    assert np.array_equal(_frames(cases["m1"], region="none")[3], 255 - _frames(cases["m2"], region="none")[3])
+    before = (tmp_path / "m2.dcm").read_bytes()
+    frames = [f for _, f in UltrasoundDicom(tmp_path / "m2.dcm", region="none").frames()]
+    frames[0][:] = 7  # writable, private
+    assert (tmp_path / "m2.dcm").read_bytes() == before and frames[1].flags.owndata and frames[1][0, 0] != 7
+    for path in (tmp_path / "planar.dcm", _sample("MR_small_bigendian.dcm"), _sample("MR_small.dcm")):
+        assert UltrasoundDicom(path, region="none")._native_frames() is None, path.name
+    assert np.array_equal(_frames(tmp_path / "planar.dcm", region="none")[2], _frames(cases["implicit_rgb"],
+                                                                                   region="none")[2])
+    short = pydicom.dcmread(cases["implicit_rgb"])
+    short.PixelData = rgb.PixelData[: len(rgb.PixelData) // 2]
+    short.save_as(tmp_path / "short.dcm", enforce_file_format=True)
+    with pytest.raises(DicomRejectError):
+        UltrasoundDicom(tmp_path / "short.dcm")._native_frames() or _frames(tmp_path / "short.dcm")
+
+
 def test_16_bit_window_rules(tmp_path):
     ds = pydicom.dcmread(_sample("MR_small.dcm"))
     arr = ds.pixel_array.astype(float)
