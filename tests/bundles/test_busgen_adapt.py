@@ -107,3 +107,39 @@ def test_bundle_run_subprocess_package_verify(phantom, tmp_path):
     assert rep["net_in_out"] == (1, 3, 32, 32) and rep["sampled"] == 2
     _, zmg = package_bundle(tmp_path, "merged", merged_model=models / "model.pt", name="mg", **kw)
     assert verify_bundle(zmg)["sampled"] == 2
+
+
+@pytest.mark.slow
+def test_multi_gpu_overlay_on_two_cpu_processes(phantom, tmp_path):
+    """About 30-60 s: the adaptation bundle with multi_gpu_train.json on two CPU ranks (torchrun, gloo): both ranks
+    end with identical LoRA weights, the base stays frozen, rank 0 alone writes the adapter and the merged model."""
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found next to the Python interpreter")
+    tmp, datalist, base = phantom
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps({"finalize": [
+        "$torch.save({n: p.detach().cpu() for n, p in @network_def.named_parameters() if p.requires_grad}, "
+        "os.path.join(@output_dir, 'trainable_rank%d.pt' % @rank))",
+        "$dist.is_initialized() and dist.destroy_process_group()",
+    ]}))
+    out = tmp_path / "ddp"
+    kwargs = {"config_file": [str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/multi_gpu_train.json"),
+                              str(dump)], "bundle_root": str(BUNDLE),
+              **_overrides(tmp_path, base, datalist), "output_dir": str(out), "max_epochs": 1}
+    script = "import json, sys; from monai.bundle import run; run(**json.loads(sys.argv[1]))"
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "--no-python", sys.executable, "-c", script,
+           json.dumps(kwargs)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w0 = torch.load(out / "trainable_rank0.pt", weights_only=True)
+    w1 = torch.load(out / "trainable_rank1.pt", weights_only=True)
+    assert w0 and w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert all("lora_" in k or k.endswith("new_weight") for k in w0)
+    models = out / "models"
+    assert (models / "adapter.pt").is_file() and (models / "model.pt").is_file()
+    adapter = torch.load(models / "adapter.pt", weights_only=False)
+    assert adapter["busgen_extra"]["codec"]["pathologies"][-1] == "dcis"
