@@ -42,7 +42,8 @@ def load_grey(path, size=32) -> np.ndarray:
     return np.asarray(im, dtype=np.float64) / 255.0
 
 
-def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_gen: int = 24, out: str = "/tmp/bench_adapt"):
+def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_gen: int = 24, out: str = "/tmp/bench_adapt",
+         base: str | None = None, lora_rank: int = 8, lr: float = 2e-3):
     torch.set_num_threads(1)
     from monai.bundle import run
 
@@ -90,18 +91,19 @@ def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_
 
     # ---- base: pretrain the tiny preset on GE only
     pre_out = out / "pretrain"
-    run(config_file=str(ROOT / "bundles/busgen_pretrain/configs/train.json"), bundle_root=str(ROOT / "bundles/busgen_pretrain"),
-        datalist=str(base_dl), output_dir=str(pre_out), preset_name="tiny", max_epochs=pretrain_epochs, num_workers=0,
-        resume=False, progress_bar=False, sample_steps=5, val_num_items=4, sample_interval=1000, log_every=50,
-        batch_size=16, lr=2e-3)
+    if base is None:
+        run(config_file=str(ROOT / "bundles/busgen_pretrain/configs/train.json"),
+            bundle_root=str(ROOT / "bundles/busgen_pretrain"), datalist=str(base_dl), output_dir=str(pre_out),
+            preset_name="tiny", max_epochs=pretrain_epochs, num_workers=0, resume=False, progress_bar=False,
+            sample_steps=5, val_num_items=4, sample_interval=1000, log_every=50, batch_size=16, lr=2e-3)
     from busgen_monai.engines import latest_checkpoint
-    base_ckpt = latest_checkpoint(pre_out / "models")
+    base_ckpt = latest_checkpoint(pre_out / "models") if base is None else Path(base)
     t_pre = time.time() - t0
     # ---- adapt on Toshiba
     ad_out = out / "adapt"
     run(config_file=str(ROOT / "bundles/busgen_adapt/configs/train.json"), bundle_root=str(ROOT / "bundles/busgen_adapt"),
         base_checkpoint=str(base_ckpt), datalist=str(adapt_dl), output_dir=str(ad_out), max_epochs=adapt_epochs,
-        batch_size=8, lr=2e-3, progress_bar=False, sample_steps=5, val_num_items=8, sample_interval=1000, log_every=50,
+        batch_size=8, lr=lr, lora_rank=lora_rank, progress_bar=False, sample_steps=5, val_num_items=8, sample_interval=1000, log_every=50,
         early_stopping_patience=0)
     t_ad = time.time() - t0 - t_pre
 
@@ -183,5 +185,9 @@ if __name__ == "__main__":
     ap.add_argument("--n_adapt", type=int, default=30)
     ap.add_argument("--n_gen", type=int, default=48)
     ap.add_argument("--out", default="/tmp/bench_adapt")
+    ap.add_argument("--base", default=None, help="reuse a pretrained base checkpoint (skips pretraining)")
+    ap.add_argument("--lora_rank", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3, help="adaptation learning rate")
     a = ap.parse_args()
-    main(a.pretrain_epochs, a.adapt_epochs, a.n_adapt, n_gen=a.n_gen, out=a.out)
+    main(a.pretrain_epochs, a.adapt_epochs, a.n_adapt, n_gen=a.n_gen, out=a.out, base=a.base, lora_rank=a.lora_rank,
+         lr=a.lr)

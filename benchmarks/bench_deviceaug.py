@@ -18,7 +18,8 @@ Reported per part (test split, images never seen in training):
 - wall time.
 
 BUS-BRA's picture (originals and translations, boxes drawn) is written to
-``plugins/busgen-deviceaug/busgen_deviceaug/bundles/device_cyclegan/docs/bus_bra_translation_grid.png``.
+``runs/bench_deviceaug/bus_bra_translation_grid.png`` (not committed: it shows BUS-BRA images, and the data set is
+never copied into the repository).
 
 Usage::
 
@@ -43,7 +44,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BUSGEN_SHARED_DATA", ROOT.parent / "shared" / "data"))
-GRID = ROOT / "plugins/busgen-deviceaug/busgen_deviceaug/bundles/device_cyclegan/docs/bus_bra_translation_grid.png"
+GRID = ROOT / "runs" / "bench_deviceaug" / "bus_bra_translation_grid.png"
 
 
 def _load_split(datalist: Path, split: str, size: int):
@@ -132,6 +133,7 @@ def run_part(name, datalist, source, target, out, size, iters_per_epoch, epochs,
 def _grid(path, xa, ya, items_a, xb, yb, items_b, source, target, rows=4):
     from busgen_monai.visualize import save_image_grid
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     images, labels, boxes = [], [], []
     for r in range(min(rows, len(xa), len(xb))):
         images += [xa[r], ya[r], xb[r], yb[r]]
