@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from .dicom_phi import PERSON_NAME_KEYWORDS, PHI_KEYWORDS, identifier_values, safe_exception, safe_token, safe_uid
+
 __all__ = [
     "DicomRejectError",
     "PixelDataInfo",
@@ -75,6 +77,7 @@ __all__ = [
     "dicomdir_missing_files",
     "decoder_problem",
     "check_geometry",
+    "corrupt_header_message",
     "codestream_size",
     "phi_strings",
     "scrub",
@@ -144,6 +147,7 @@ _TS_PACKAGES = {
 }
 
 _BIG_ENDIAN_TS = "1.2.840.10008.1.2.2"
+_RLE_TS = "1.2.840.10008.1.2.5"
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 _UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", _BIG_ENDIAN_TS, _DEFLATED_TS}
 
@@ -165,21 +169,8 @@ DESCRIPTION_KEYWORDS = (
 )
 
 # Identifying elements whose values must never appear in an output (used to scrub free text).
-_PHI_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthDate", "PatientBirthName",
-    "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "AccessionNumber", "StudyID",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "ReferringPhysicianName",
-    "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy", "RequestingPhysician",
-    "StationName", "DeviceSerialNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-    "IssuerOfPatientID", "MedicalRecordLocator", "PatientComments", "AdmissionID", "RequestedProcedureID",
-    "ScheduledProcedureStepID", "PerformedProcedureStepID", "FrameOfReferenceUID", "StudyDate",
-    "ContentDate", "AcquisitionDateTime", "SeriesDate", "AcquisitionDate",
-)
-
-_PERSON_NAME_KEYWORDS = {
-    "PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName", "ReferringPhysicianName",
-    "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy", "RequestingPhysician",
-}
+_PHI_KEYWORDS = PHI_KEYWORDS
+_PERSON_NAME_KEYWORDS = PERSON_NAME_KEYWORDS
 
 
 class DicomRejectError(Exception):
@@ -248,6 +239,8 @@ class PixelDataInfo:
     frame_starts: int = 0  # encapsulated: fragments that begin a JPEG/JPEG-LS/JPEG 2000 codestream
     first_fragment: bytes = b""  # encapsulated: the first bytes of the first fragment (codestream header)
     value_offset: int = 0  # file offset of the element's value (the first pixel byte when native)
+    rle_segments: tuple[int, ...] = ()  # RLE: the distinct segment counts of the fragments' RLE headers
+    stray_offset: int = -1  # no pixel data after the header, but a PixelData tag at this offset (corrupt header)
 
 
 def _peek_pixel_data(fh, tsyntax: str, implicit: bool, little: bool, file_size: int) -> PixelDataInfo:
@@ -294,6 +287,10 @@ def _peek_pixel_data(fh, tsyntax: str, implicit: bool, little: bool, file_size: 
         head = fh.read(min(item_len, 4096 if info.fragments == 1 else 12))
         if info.fragments == 1:
             info.first_fragment = head
+        if tsyntax == _RLE_TS and len(head) >= 4:
+            (segments,) = struct.unpack("<L", head[:4])
+            if segments not in info.rle_segments:
+                info.rle_segments = tuple(sorted(set(info.rle_segments) | {segments}))
         if head.startswith((b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")):
             info.frame_starts += 1
         fh.seek(item_len - len(head), os.SEEK_CUR)
@@ -354,9 +351,9 @@ def read_header(path: str | os.PathLike, *, force: bool = False):
         try:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=force)
         except InvalidDicomError as err:
-            raise DicomRejectError("not_dicom", f"not a DICOM file ({err})") from None
+            raise DicomRejectError("not_dicom", "not a DICOM file (no 'DICM' marker and no readable data set)") from None
         except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt data
-            raise DicomRejectError("unreadable", f"cannot read the DICOM header: {type(err).__name__}: {err}") from None
+            raise DicomRejectError("unreadable", f"cannot read the DICOM header ({type(err).__name__})") from None
         meta = getattr(ds, "file_meta", None)
         tsyntax = _text(meta, "TransferSyntaxUID") if meta is not None else ""
         implicit, little = ds.original_encoding
@@ -372,7 +369,27 @@ def read_header(path: str | os.PathLike, *, force: bool = False):
                 pix = _peek_pixel_data(fh, tsyntax, bool(implicit), bool(little), size)
             except (struct.error, OSError):
                 pix = PixelDataInfo(present=True, truncated=True)
+            if not pix.present:
+                pix.stray_offset = _find_pixel_tag(fh, bool(little))
     return ds, pix, tsyntax
+
+
+def _find_pixel_tag(fh, little: bool, chunk: int = 8 << 20) -> int:
+    """Offset of the first PixelData tag in the file (``-1``: none), for files whose header parse ended
+    before it: a corrupt element elsewhere, not a missing PixelData element."""
+    needle = b"\xe0\x7f\x10\x00" if little else b"\x7f\xe0\x00\x10"
+    fh.seek(0)
+    pos, tail = 0, b""
+    while True:
+        block = fh.read(chunk)
+        if not block:
+            return -1
+        data = tail + block
+        i = data.find(needle)
+        if i >= 0:
+            return pos - len(tail) + i
+        tail = data[-3:]
+        pos += len(block)
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -512,8 +529,9 @@ def _code_meaning(ds, keyword: str) -> str:
 
 
 def _clean_free_text(value: str, phi: Sequence[str], limit: int = 64) -> str:
-    value = "".join(ch for ch in value if ch.isprintable()).strip()[:limit]
-    if contains_phi(value, phi):
+    value = "".join(ch for ch in value if 32 <= ord(ch) < 127).strip()[:limit]
+    lowered = value.lower()
+    if contains_phi(value, phi) or any(p and p.lower() in lowered for p in phi):
         return ""  # never carry a value that contains an identifier
     return value
 
@@ -543,23 +561,39 @@ def _regions(ds) -> list[UltrasoundRegion]:
     return out
 
 
-def describe(ds, pix: PixelDataInfo, tsyntax: str, *, salt: str) -> DicomInfo:
-    """PHI-free description of a header read by :func:`read_header`."""
+_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT",
+                 "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "HSV", "ARGB", "CMYK", "XYB")
+
+
+def _uid_name(uid: str) -> str:
     from pydicom.uid import UID
 
+    if not uid:
+        return ""
+    try:
+        name = UID(uid).name
+    except Exception:  # noqa: BLE001
+        return uid
+    return name if len(name) <= 96 and name.isprintable() else uid
+
+
+def describe(ds, pix: PixelDataInfo, tsyntax: str, *, salt: str, phi: Sequence[str] | None = None) -> DicomInfo:
+    """PHI-free description of a header read by :func:`read_header`.
+
+    ``phi``: identifying values of the file (:func:`~busgen_monai.data.dicom_phi.identifier_values`, which
+    also scans the raw bytes of a damaged header); default: those the strict parse sees. Code strings
+    (UIDs, Modality, photometric, ImageType) are kept only when they are well formed, free text (view,
+    probe, Manufacturer, model) only when it contains no identifying value."""
     meta = getattr(ds, "file_meta", None)
     sop_class = _text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta is not None else "")
+    sop_class = safe_uid(sop_class)
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return DicomInfo(kind="dicomdir", sop_class_uid=DICOMDIR_SOP_CLASS, sop_class_name="Media Storage Directory")
-    phi = phi_strings(ds)
-    try:
-        sop_name = UID(sop_class).name if sop_class else ""
-    except Exception:  # noqa: BLE001
-        sop_name = sop_class
-    try:
-        ts_name = UID(tsyntax).name
-    except Exception:  # noqa: BLE001
-        ts_name = tsyntax
+    if phi is None:
+        phi = identifier_values(ds)
+    sop_name = _uid_name(sop_class)
+    tsyntax = safe_uid(tsyntax)
+    ts_name = _uid_name(tsyntax)
     kind = "image" if pix.present else "non_image"
     for prefix in NON_IMAGE_SOP_PREFIXES:
         if sop_class.startswith(prefix):
@@ -603,17 +637,18 @@ def describe(ds, pix: PixelDataInfo, tsyntax: str, *, salt: str) -> DicomInfo:
     try:
         it = ds.get("ImageType")
         if it:
-            image_type = tuple(str(v).upper() for v in (it if not isinstance(it, str) else [it]))
+            image_type = tuple(t for t in (safe_token(str(v).upper()) for v in (it if not isinstance(it, str) else [it])
+                                           ) if t)[:8]
     except Exception:  # noqa: BLE001
         image_type = ()
     return DicomInfo(
         kind=kind,
         sop_class_uid=sop_class,
         sop_class_name=sop_name,
-        modality=_text(ds, "Modality").upper(),
+        modality=safe_token(_text(ds, "Modality").upper()),
         transfer_syntax=tsyntax,
         transfer_syntax_name=ts_name,
-        photometric=_text(ds, "PhotometricInterpretation").upper(),
+        photometric=safe_token(_text(ds, "PhotometricInterpretation").upper(), _PHOTOMETRICS),
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
         frames=_int(ds, "NumberOfFrames", 1),
@@ -622,8 +657,9 @@ def describe(ds, pix: PixelDataInfo, tsyntax: str, *, salt: str) -> DicomInfo:
         bits_stored=_int(ds, "BitsStored", _int(ds, "BitsAllocated", 8)),
         pixel_representation=_int(ds, "PixelRepresentation"),
         has_pixel_data=pix.present and pix.keyword == "PixelData",
-        manufacturer=_clean_free_text(_text(ds, "Manufacturer"), ()),  # device names, needed to resolve it
-        model=_clean_free_text(_text(ds, "ManufacturerModelName"), ()),
+        # needed to resolve the device; whole identifying values only (a name part may be a device word)
+        manufacturer=_clean_free_text(_text(ds, "Manufacturer"), getattr(phi, "full", phi)),
+        model=_clean_free_text(_text(ds, "ManufacturerModelName"), getattr(phi, "full", phi)),
         laterality=laterality,
         laterality_source=source,
         view=_clean_free_text(view, phi),
@@ -675,32 +711,50 @@ def dicomdir_missing_files(ds, dicomdir_path: str | os.PathLike) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- checks
+def corrupt_header_message(pix: PixelDataInfo) -> str:
+    """Reject detail of a file whose header parse ended before its PixelData element."""
+    return (f"the header is corrupt: a PixelData tag is at byte {pix.stray_offset} but the elements before it "
+            "do not parse (a wrong length or VR); the file cannot be read safely")
+
+
 def decoder_problem(tsyntax: str) -> str | None:
     """``None`` when pydicom can decode this transfer syntax here, else a message saying what to install."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID, MPEGTransferSyntaxes
 
+    shown_uid = safe_uid(tsyntax) or "<malformed UID>"
     uid = UID(tsyntax)
-    name = uid.name
+    name = _uid_name(safe_uid(tsyntax)) or shown_uid
     if tsyntax in MPEGTransferSyntaxes or name.startswith(("MPEG", "HEVC")):
-        return (f"video transfer syntax {name} ({tsyntax}): pydicom cannot decode MPEG/H.264/HEVC streams; "
+        return (f"video transfer syntax {name} ({shown_uid}): pydicom cannot decode MPEG/H.264/HEVC streams; "
                 "re-export the cine from the PACS as JPEG or uncompressed, or extract frames with ffmpeg")
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
-        shown = f"{name} ({tsyntax})" if name != tsyntax else tsyntax
+        shown = f"{name} ({shown_uid})" if name != shown_uid else shown_uid
         return (f"unsupported transfer syntax {shown}: no pixel data decoder exists for it; "
                 "re-export the study with a standard transfer syntax")
     if not decoder.is_available:
         packages = _TS_PACKAGES.get(tsyntax, "python-gdcm")
         missing = "; ".join(decoder.missing_dependencies) or "no plugin"
-        return (f"no decoder for {name} ({tsyntax}) is installed ({missing}); "
+        return (f"no decoder for {name} ({shown_uid}) is installed ({missing}); "
                 f"install one: pip install {packages}")
     return None
 
 
-def check_geometry(info: DicomInfo, pix: PixelDataInfo, *, max_dim: int = 8192, max_frames: int = 100_000) -> None:
-    """Reject absurd sizes, wrong NumberOfFrames and truncated pixel data before decoding."""
+def check_geometry(info: DicomInfo, pix: PixelDataInfo, *, max_dim: int = 8192, max_frames: int = 100_000,
+                   max_pixels: int = 4096 * 4096, max_frame_bytes: int = 256 << 20) -> None:
+    """Reject absurd sizes, decompression bombs, wrong NumberOfFrames and truncated pixel data before decoding.
+
+    Everything here is read from the header and the pixel data element's framing (no pixel is decoded),
+    so a bomb (a small compressed file declaring a huge image) is refused in milliseconds.
+
+    Args:
+        max_dim: largest accepted Rows / Columns.
+        max_frames: largest accepted NumberOfFrames.
+        max_pixels: largest accepted Rows x Columns of one frame (``too_large``).
+        max_frame_bytes: largest accepted decoded size of one frame in bytes (``too_large``).
+    """
     if not (1 <= info.rows <= max_dim and 1 <= info.columns <= max_dim):
         raise DicomRejectError("bad_geometry", f"Rows x Columns = {info.rows} x {info.columns} is outside "
                                                f"1..{max_dim}; the header is corrupt")
@@ -711,6 +765,12 @@ def check_geometry(info: DicomInfo, pix: PixelDataInfo, *, max_dim: int = 8192, 
     if info.bits_allocated not in (1, 8, 16, 32) or not 1 <= info.bits_stored <= info.bits_allocated:
         raise DicomRejectError("bad_geometry", f"BitsAllocated/BitsStored = {info.bits_allocated}/{info.bits_stored} "
                                                "is not a valid combination")
+    pixels = info.rows * info.columns
+    decoded = pixels * info.samples_per_pixel * max(1, info.bits_allocated // 8)
+    if pixels > max_pixels or decoded > max_frame_bytes:
+        raise DicomRejectError("too_large", f"a {info.columns} x {info.rows} frame ({pixels} pixels, {decoded} bytes "
+                                            f"decoded) is over the limits max_pixels={max_pixels} / max_frame_bytes="
+                                            f"{max_frame_bytes}; not decoded (raise the limits if the file is genuine)")
     if pix.truncated:
         raise DicomRejectError("truncated", "the pixel data runs past the end of the file (truncated transfer?)")
     if info.transfer_syntax in _UNCOMPRESSED and pix.length is not None:
@@ -722,19 +782,21 @@ def check_geometry(info: DicomInfo, pix: PixelDataInfo, *, max_dim: int = 8192, 
         if info.photometric == "YBR_FULL_422" and spp == 3:
             frame_bytes = frame_bytes * 2 / 3
         expected = int(np.ceil(frame_bytes * info.frames))
+        shape = (f"Rows x Columns x SamplesPerPixel x BitsAllocated/8 x NumberOfFrames = {info.rows} x "
+                 f"{info.columns} x {spp} x {info.bits_allocated}/8 x {info.frames} = {expected}")
         if pix.length < expected:
             holds = int(pix.length // frame_bytes) if frame_bytes else 0
             raise DicomRejectError(
                 "bad_geometry",
-                f"PixelData holds {pix.length} bytes but Rows x Columns x SamplesPerPixel x BitsAllocated/8 x "
-                f"NumberOfFrames = {info.rows} x {info.columns} x {spp} x {info.bits_allocated}/8 x {info.frames} "
-                f"= {expected}; NumberOfFrames or Rows/Columns are wrong (the data holds {holds} whole frames)",
+                f"PixelData holds {pix.length} bytes but {shape}; NumberOfFrames or Rows/Columns are wrong "
+                f"(the data holds {holds} whole frames)",
             )
-        if frame_bytes and pix.length >= expected + frame_bytes:
-            holds = int(pix.length // frame_bytes)
+        if pix.length > expected + (expected % 2):  # only the padding byte of an odd length is allowed
+            holds = pix.length / frame_bytes if frame_bytes else 0
             raise DicomRejectError(
                 "bad_geometry",
-                f"PixelData holds {holds} frames but NumberOfFrames = {info.frames}; the header is wrong",
+                f"PixelData holds {pix.length} bytes ({holds:.2f} frames) but {shape}; the header does not "
+                "describe the pixel data",
             )
     elif pix.length is None and info.transfer_syntax not in _UNCOMPRESSED:
         if info.frames > 1 and pix.bot_entries and pix.bot_entries != info.frames:
@@ -743,6 +805,16 @@ def check_geometry(info: DicomInfo, pix: PixelDataInfo, *, max_dim: int = 8192, 
         if pix.fragments < info.frames:
             raise DicomRejectError("bad_geometry", f"NumberOfFrames = {info.frames} but the encapsulated pixel data "
                                                    f"has only {pix.fragments} fragments")
+        if info.transfer_syntax == _RLE_TS:
+            # RLE: exactly one fragment per frame, each with one segment per sample and byte of a sample
+            if pix.fragments != info.frames:
+                raise DicomRejectError("bad_geometry", f"NumberOfFrames = {info.frames} but the RLE pixel data has "
+                                                       f"{pix.fragments} fragments (one per frame); the header is "
+                                                       "wrong")
+            want = info.samples_per_pixel * max(1, info.bits_allocated // 8)
+            if pix.rle_segments and pix.rle_segments != (want,):
+                raise DicomRejectError("bad_geometry", f"the RLE frames have {list(pix.rle_segments)} segments but "
+                                                       f"SamplesPerPixel x BitsAllocated/8 = {want}")
         if 0 < pix.frame_starts < info.frames:
             raise DicomRejectError("bad_geometry", f"NumberOfFrames = {info.frames} but the encapsulated pixel data "
                                                    f"holds only {pix.frame_starts} frames")
@@ -892,6 +964,38 @@ def detect_imaging_region(frame: np.ndarray, *, dark: int = 12, flat_std: float 
 
 
 # ---------------------------------------------------------------------------------------------- pixels
+def _palette_lut(ds) -> tuple[np.ndarray, int] | None:
+    """``(uint8 LUT (entries, 3), first mapped value)`` of a big-endian file's (non-segmented) palette, or
+    ``None`` to let pydicom's ``apply_color_lut`` do it. pydicom reads the OW LUT data in the machine's byte
+    order whatever the file's, so a big-endian palette comes out byte-swapped (all but black)."""
+    try:
+        if ds.original_encoding[1] is not False:
+            return None
+        if any(f"Segmented{c}PaletteColorLookupTableData" in ds for c in ("Red", "Green", "Blue")):
+            return None
+        channels = []
+        first = 0
+        for c in ("Red", "Green", "Blue"):
+            entries, first, bits = (int(v) for v in ds[f"{c}PaletteColorLookupTableDescriptor"].value)
+            entries = entries or 65536
+            raw = bytes(ds[f"{c}PaletteColorLookupTableData"].value)
+            if bits <= 8 and len(raw) == entries:  # 8-bit entries stored one per byte
+                values = np.frombuffer(raw, np.uint8).astype(np.uint16)
+            else:
+                values = np.frombuffer(raw[: 2 * (len(raw) // 2)], ">u2")
+                if bits <= 8:
+                    values = values & 0xFF
+                else:
+                    values = values >> (bits - 8)
+            if len(values) < entries:
+                return None
+            channels.append(values[:entries])
+        lut = np.stack(channels, axis=-1).astype(np.uint8)
+        return lut, first
+    except Exception:  # noqa: BLE001 - malformed descriptor: pydicom decides
+        return None
+
+
 class FrameConverter:
     """Decoded frame (as pydicom yields it) -> uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB.
 
@@ -904,12 +1008,14 @@ class FrameConverter:
         self.pi = info.photometric
         self._window: tuple[float, float] | None = None
         self._lut_shift = 0
+        self._palette: tuple[np.ndarray, int] | None = None
         if self.pi == "PALETTE COLOR":
             try:
                 bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
             except Exception:  # noqa: BLE001
                 bits = 8
             self._lut_shift = 8 if bits > 8 else 0
+            self._palette = _palette_lut(ds)
         self._voi_bits: int | None = None
 
     def _mono_window(self, arr: np.ndarray) -> tuple[float, float]:
@@ -935,6 +1041,11 @@ class FrameConverter:
         info = self.info
         if self.pi == "PALETTE COLOR" and arr.ndim == 2:
             from pydicom.pixels import apply_color_lut
+
+            if self._palette is not None:
+                lut, first = self._palette
+                index = np.clip(arr.astype(np.int64) - first, 0, len(lut) - 1)
+                return np.ascontiguousarray(lut[index])
 
             rgb = apply_color_lut(arr, self.ds)
             if self._lut_shift:
@@ -1033,8 +1144,8 @@ class UltrasoundDicom:
             force = kind == "dicom-raw"
         self.ds, self.pixel_info, self.transfer_syntax = read_header(self.path, force=force)
         try:
-            self.info = describe(self.ds, self.pixel_info, self.transfer_syntax, salt=salt)
-            self.phi = phi_strings(self.ds)
+            self.phi = identifier_values(self.ds, self.path)
+            self.info = describe(self.ds, self.pixel_info, self.transfer_syntax, salt=salt, phi=self.phi)
         except Exception as err:  # noqa: BLE001 - a corrupt element that pydicom cannot convert
             raise DicomRejectError("unreadable", f"cannot interpret the DICOM header: {type(err).__name__}") from None
         if self.info.kind == "dicomdir":
@@ -1043,6 +1154,8 @@ class UltrasoundDicom:
             if self.pixel_info.present:
                 raise DicomRejectError("no_pixel_data", f"{self.pixel_info.keyword} (float pixel data) is not an "
                                                         "ultrasound image")
+            if self.pixel_info.stray_offset >= 0:
+                raise DicomRejectError("unreadable", corrupt_header_message(self.pixel_info))
             raise DicomRejectError("no_pixel_data", "the file has no PixelData element")
         problem = decoder_problem(self.transfer_syntax)
         if problem:
@@ -1147,7 +1260,7 @@ class UltrasoundDicom:
                 raise DicomRejectError("decode_error", f"frame {i}: out of memory while decoding") from None
             except Exception as err:  # noqa: BLE001 - decoders raise anything on corrupt data
                 raise DicomRejectError("decode_error", f"frame {i} of {self.n_frames} could not be decoded: "
-                                                       f"{type(err).__name__}: {scrub(str(err), self.phi)}") from None
+                                                       f"{safe_exception(err, self.phi)}") from None
             expected = (self.info.rows, self.info.columns)
             if arr.shape[:2] != expected:
                 raise DicomRejectError("decode_error", f"frame {i} decoded to {arr.shape[:2]} but the header says "
@@ -1156,7 +1269,7 @@ class UltrasoundDicom:
                 yield i, self.convert(arr)
             except Exception as err:  # noqa: BLE001
                 raise DicomRejectError("decode_error", f"frame {i}: cannot convert {self.info.photometric} pixels "
-                                                       f"to 8 bits: {type(err).__name__}: {err}") from None
+                                                       f"to 8 bits: {safe_exception(err, self.phi)}") from None
 
     # -------------------------------------------------------------- cropping
     @property

@@ -87,6 +87,7 @@ from .dicom import (
     DicomRejectError,
     UltrasoundDicom,
     check_geometry,
+    corrupt_header_message,
     decoder_problem,
     describe,
     dicomdir_missing_files,
@@ -97,11 +98,13 @@ from .dicom import (
     sniff_dicom,
     uid_hash,
 )
+from .dicom_phi import identifier_values, safe_exception, scrub_record
 from .loaders import patient_split
 from .schema import atomic_write_text, make_datalist, save_datalist
 
 __all__ = [
     "REJECT_REASONS",
+    "TRANSIENT_REASONS",
     "DEFAULT_BIOPSY_PATTERN",
     "IngestSettings",
     "IngestResult",
@@ -143,6 +146,10 @@ REJECT_REASONS = {
     "internal_error": "an unexpected error (a bug): please report it with the detail",
 }
 
+#: Failures that say nothing about the file itself (a bug, a slow or crashing decoder on a busy machine): a re-run
+#: retries them, up to ``max_attempts`` in all, and reports count them apart from real rejects.
+TRANSIENT_REASONS = frozenset({"internal_error", "timeout", "worker_crash"})
+
 #: Words that mark a biopsy/needle procedure in descriptions (case-insensitive, whole words).
 DEFAULT_BIOPSY_PATTERN = (
     r"\b(biops\w*|bx|fna|fnab|fnac|fine[\s_-]*needle|core[\s_-]*needle|cnb|vab|vacuum[\s_-]*assisted|mammotome|"
@@ -158,7 +165,14 @@ _PROCEDURE_SEQUENCES = (
     "RequestedProcedureCodeSequence", "ScheduledProtocolCodeSequence",
 )
 _STATE_DIR = ".ingest"
+#: Record keys whose values the ingester makes itself (codes, pseudonyms): never scrubbed.
+_OWN_KEYS = frozenset({"status", "reason", "file_id", "other", "content_hash", "image", "patient_hash", "study_hash",
+                       "series_hash", "sop_hash", "accession_hash", "patient_key_source", "source", "kind",
+                       "missing", "fingerprint", "attempts",
+                       # device fields: cleaned of whole identifying values when read; hashed in every shared output
+                       "manufacturer", "model"})
 _MANIFEST = "manifest.jsonl"
+_DEVICE_NAMES = "unknown_devices.json"
 _PLACEHOLDER_PATHOLOGY = "unlabelled"
 
 
@@ -301,50 +315,62 @@ def scan_file(path: str, rel: str, fingerprint: Sequence[int], settings: IngestS
     file_id = file_id_of(rel, settings.salt)
     phi: list[str] = []
     try:
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as err:
-            return _reject(file_id, fingerprint, "unreadable", f"cannot open the file: {err.strerror or err}")
-        kind = sniff_dicom(path)
-        if kind is None:
-            size = fingerprint[0] if fingerprint else 0
-            what = "empty file" if size == 0 else "no 'DICM' marker at byte 128 and no DICOM data set at the start"
-            return _reject(file_id, fingerprint, "not_dicom", f"not a DICOM file ({what})")
-        ds, pix, tsyntax = read_header(path, force=kind == "dicom-raw")
-        try:
-            phi = phi_strings(ds)
-            info = describe(ds, pix, tsyntax, salt=settings.salt)
-        except Exception as err:  # noqa: BLE001 - a corrupt element that pydicom cannot convert
-            raise DicomRejectError("unreadable", f"cannot interpret the DICOM header: {type(err).__name__}") from None
-        if info.kind == "dicomdir":
-            try:
-                missing = dicomdir_missing_files(ds, path)
-                n_refs = sum(1 for r in (ds.get("DirectoryRecordSequence") or []) if r.get("ReferencedFileID"))
-            except Exception as err:  # noqa: BLE001 - corrupt directory records
-                raise DicomRejectError("unreadable", f"corrupt DICOMDIR records: {type(err).__name__}") from None
-            detail = f"DICOMDIR media index (not an image); references {n_refs} files"
-            if missing:
-                detail += f", {len(missing)} of them missing"
-            missing_ids = [file_id_of((Path(rel).parent / m).as_posix(), settings.salt) for m in missing]
-            return _reject(file_id, fingerprint, "dicomdir", detail, missing=missing_ids)
-        if kind == "dicom-raw" and not (info.sop_class_uid or (info.rows and info.columns)):
-            return _reject(file_id, fingerprint, "not_dicom",
-                           "no DICOM preamble and the data set has neither a SOP Class UID nor an image size")
-        why = _classify(ds, info, settings)
-        if why is not None:
-            return _reject(file_id, fingerprint, why[0], scrub(why[1], phi), info=_info_dict(info))
-        problem = decoder_problem(tsyntax)
-        if problem:
-            return _reject(file_id, fingerprint, "unsupported_transfer_syntax", problem, info=_info_dict(info))
-        check_geometry(info, pix, max_dim=settings.max_dim, max_frames=settings.max_frames)
-        if not info.sop_hash:
-            info.sop_hash = uid_hash(f"file:{rel}", "IMG", settings.salt)
-        return _record(file_id, fingerprint, "scanned", info=_info_dict(info), raw=kind == "dicom-raw")
+        rec = _scan(path, rel, file_id, fingerprint, settings, phi)
     except DicomRejectError as err:
-        return _reject(file_id, fingerprint, err.reason, scrub(err.message, phi))
+        rec = _reject(file_id, fingerprint, err.reason, err.message)
     except Exception as err:  # noqa: BLE001 - a bug must not stop the run
-        return _reject(file_id, fingerprint, "internal_error", scrub(_short_tb(err), phi))
+        rec = _reject(file_id, fingerprint, "internal_error", _short_tb(err))
+    if not phi and rec["status"] == "rejected":
+        phi.extend(identifier_values(None, path))  # the header did not parse: the raw scan still finds them
+    return scrub_record(rec, phi, keep=_OWN_KEYS)
+
+
+def _scan(path: str, rel: str, file_id: str, fingerprint: Sequence[int], settings: IngestSettings,
+          phi: list[str]) -> dict:
+    """:func:`scan_file` without the final scrub; fills ``phi`` with the file's identifying values."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        return _reject(file_id, fingerprint, "unreadable", f"cannot open the file ({type(err).__name__})")
+    kind = sniff_dicom(path)
+    if kind is None:
+        size = fingerprint[0] if fingerprint else 0
+        what = "empty file" if size == 0 else "no 'DICM' marker at byte 128 and no DICOM data set at the start"
+        return _reject(file_id, fingerprint, "not_dicom", f"not a DICOM file ({what})")
+    ds, pix, tsyntax = read_header(path, force=kind == "dicom-raw")
+    try:
+        values = identifier_values(ds, path)
+        phi.extend(values)
+        info = describe(ds, pix, tsyntax, salt=settings.salt, phi=values)
+    except Exception as err:  # noqa: BLE001 - a corrupt element that pydicom cannot convert
+        raise DicomRejectError("unreadable", f"cannot interpret the DICOM header: {type(err).__name__}") from None
+    if not info.has_pixel_data and pix.stray_offset >= 0 and info.kind != "dicomdir":
+        return _reject(file_id, fingerprint, "unreadable", corrupt_header_message(pix))
+    if info.kind == "dicomdir":
+        try:
+            missing = dicomdir_missing_files(ds, path)
+            n_refs = sum(1 for r in (ds.get("DirectoryRecordSequence") or []) if r.get("ReferencedFileID"))
+        except Exception as err:  # noqa: BLE001 - corrupt directory records
+            raise DicomRejectError("unreadable", f"corrupt DICOMDIR records: {type(err).__name__}") from None
+        detail = f"DICOMDIR media index (not an image); references {n_refs} files"
+        if missing:
+            detail += f", {len(missing)} of them missing"
+        missing_ids = [file_id_of((Path(rel).parent / m).as_posix(), settings.salt) for m in missing]
+        return _reject(file_id, fingerprint, "dicomdir", detail, missing=missing_ids)
+    if kind == "dicom-raw" and not (info.sop_class_uid or (info.rows and info.columns)):
+        return _reject(file_id, fingerprint, "not_dicom",
+                       "no DICOM preamble and the data set has neither a SOP Class UID nor an image size")
+    why = _classify(ds, info, settings)
+    if why is not None:
+        return _reject(file_id, fingerprint, why[0], scrub(why[1], phi), info=_info_dict(info))
+    problem = decoder_problem(tsyntax)
+    if problem:
+        return _reject(file_id, fingerprint, "unsupported_transfer_syntax", problem, info=_info_dict(info))
+    check_geometry(info, pix, max_dim=settings.max_dim, max_frames=settings.max_frames)
+    if not info.sop_hash:
+        info.sop_hash = uid_hash(f"file:{rel}", "IMG", settings.salt)
+    return _record(file_id, fingerprint, "scanned", info=_info_dict(info), raw=kind == "dicom-raw")
 
 
 def _info_dict(info) -> dict:
@@ -355,9 +381,10 @@ def _info_dict(info) -> dict:
 
 
 def _short_tb(err: BaseException) -> str:
+    """Type, message (quoted values removed: they may be header text) and where it was raised."""
     tb = traceback.extract_tb(err.__traceback__)
     where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
-    return f"{type(err).__name__}: {err}{where}"
+    return f"{safe_exception(err)}{where}"
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -413,7 +440,11 @@ def _thumb(frame: np.ndarray) -> np.ndarray:
 
 
 def _remove_outputs(out_dir: Path, rel_dir: str, sop_hash: str, temporary_only: bool = False) -> None:
-    """Delete the frames of one image (or only temporary files left by a killed run) and emptied folders."""
+    """Delete the frames of one image (or only temporary files left by a killed run).
+
+    Folders are left alone: another worker may be about to write into the same series folder (a folder
+    removed under it turned its good file into an error). :func:`_prune_empty_dirs` removes emptied folders
+    once every worker has finished."""
     folder = out_dir / rel_dir
     if not folder.is_dir():
         return
@@ -424,15 +455,18 @@ def _remove_outputs(out_dir: Path, rel_dir: str, sop_hash: str, temporary_only: 
                 p.unlink()
             except OSError:
                 pass
-    if temporary_only:
+
+
+def _prune_empty_dirs(images: Path) -> None:
+    """Remove empty folders under ``images`` (bottom-up); only the main process calls it, after the workers."""
+    if not images.is_dir():
         return
-    images = (out_dir / "images").resolve()
-    while folder.resolve() != images and folder.resolve().is_relative_to(images):  # drop emptied folders
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-        folder = folder.parent
+    for root, dirs, files in os.walk(images, topdown=False):
+        if Path(root) != images and not os.listdir(root):
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
 
 
 def decode_file(path: str, record: Mapping, out_dir: str, settings: IngestSettings) -> dict:
@@ -492,19 +526,25 @@ def decode_file(path: str, record: Mapping, out_dir: str, settings: IngestSettin
                                                       f"{settings.max_zero_fraction:.0%} black pixels after cropping")
             raise DicomRejectError("decode_error", "no frame was kept")
         digest.update(f"{len(frames)}:{frames[0]['width']}x{frames[0]['height']}".encode())
-        return _record(
+        return _scrubbed(_record(
             file_id, fingerprint, "done", info=info, raw=bool(record.get("raw")), frames=frames,
             n_frames=n, dropped={k: v for k, v in dropped.items() if v}, content_hash=digest.hexdigest(),
             spacing=list(crop.spacing_mm) if crop.spacing_mm else None,
             crop={"box": list(crop.box), "source": crop.source},
-            warnings=[scrub(w, phi) for w in crop.warnings],
-        )
+            warnings=list(crop.warnings),
+        ), phi, path)
     except DicomRejectError as err:
         _remove_outputs(out, rel_dir, sop)
-        return _reject(file_id, fingerprint, err.reason, scrub(err.message, phi), info=info)
+        return _scrubbed(_reject(file_id, fingerprint, err.reason, err.message, info=info), phi, path)
     except Exception as err:  # noqa: BLE001 - a bug must not stop the run; the file is recorded
         _remove_outputs(out, rel_dir, sop)
-        return _reject(file_id, fingerprint, "internal_error", scrub(_short_tb(err), phi), info=info)
+        return _scrubbed(_reject(file_id, fingerprint, "internal_error", _short_tb(err), info=info), phi, path)
+
+
+def _scrubbed(rec: dict, phi: list[str], path: str) -> dict:
+    if not phi:
+        phi = identifier_values(None, path)  # the header did not parse this time: the raw scan still finds them
+    return scrub_record(rec, phi, keep=_OWN_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -554,12 +594,23 @@ def _worker_main(conn) -> None:  # pragma: no cover - runs in a child process
         conn.send((index, result))
 
 
+def _worker_context():
+    """``forkserver`` where it exists (a clean server process started once per session, each worker a cheap
+    fork of it, so isolating every run costs milliseconds), else ``spawn``. Never plain ``fork``: the caller
+    may hold threads (torch, tqdm) that a forked child would inherit half-way."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["busgen_monai.data.ingest"])
+        return ctx
+    return mp.get_context("spawn")
+
+
 class _Pool:
     """Processes that each decode one file at a time; a file over ``timeout`` seconds or a crashing decoder
     kills only its worker (replaced by a fresh one) and becomes a reject."""
 
     def __init__(self, workers: int, timeout: float | None):
-        self.ctx = mp.get_context("spawn")
+        self.ctx = _worker_context()
         self.timeout = timeout
         self.workers = [self._start() for _ in range(max(1, workers))]
 
@@ -640,11 +691,13 @@ class _Pool:
 
 
 class _Runner:
-    """Runs jobs in this process (``workers <= 1`` and no timeout) or in one :class:`_Pool`, started on first
+    """Runs jobs in this process (``isolate=False``, ``workers <= 1`` and no timeout) or in one :class:`_Pool`, started on first
     use and shared by the scan and decode phases (starting worker processes costs about a second)."""
 
-    def __init__(self, settings: IngestSettings, workers: int, timeout: float | None, progress: bool):
+    def __init__(self, settings: IngestSettings, workers: int, timeout: float | None, progress: bool,
+                 isolate: bool = True):
         self.settings = settings
+        self.isolate = isolate
         self.workers = max(1, int(workers))
         self.timeout = timeout
         self.progress = progress
@@ -657,7 +710,7 @@ class _Runner:
         try:
             if not jobs:
                 return
-            if self.workers <= 1 and not self.timeout:
+            if self.workers <= 1 and not self.timeout and not self.isolate:
                 for i, job in enumerate(jobs):
                     try:
                         result = _run_job(job)
@@ -692,13 +745,7 @@ class _State:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: the salt and the resume state
         salt_file = self.dir / "salt"
         if salt is None:
-            if salt_file.is_file():
-                salt = salt_file.read_text().strip()
-            else:
-                salt = secrets.token_hex(16)
-                fd = os.open(salt_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(salt + "\n")
+            salt = _read_or_create_salt(salt_file)
         self.salt = salt
         self.records: dict[str, dict] = {}
         self.manifest = self.dir / _MANIFEST
@@ -723,6 +770,12 @@ class _State:
         atomic_write_text(cfg, json.dumps(fp, indent=1, sort_keys=True) + "\n")
 
     def load(self) -> None:
+        self._load()
+        # transient failures: how many times each file has failed so far (a retry counts on from there)
+        self.attempts = {fid: int(r.get("attempts", 1)) for fid, r in self.records.items()
+                         if r.get("reason") in TRANSIENT_REASONS}
+
+    def _load(self) -> None:
         if not self.manifest.is_file():
             return
         with open(self.manifest, encoding="utf-8") as fh:
@@ -738,6 +791,8 @@ class _State:
                     self.records[rec["file_id"]] = rec
 
     def append(self, rec: dict) -> None:
+        if rec.get("reason") in TRANSIENT_REASONS:
+            rec = {**rec, "attempts": getattr(self, "attempts", {}).get(rec["file_id"], 0) + 1}
         if self._fh is None:
             self._fh = open(self.manifest, "a", encoding="utf-8")
         self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
@@ -760,6 +815,57 @@ class _State:
             p = self.out / name
             if p.is_file():
                 p.unlink()
+
+
+def _read_or_create_salt(salt_file: Path) -> str:
+    """The salt kept in ``salt_file``, created exclusively (``O_EXCL``) when missing: two processes that
+    start at once end up with the same salt, never with two."""
+    for _ in range(50):
+        try:
+            fd = os.open(salt_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            text = salt_file.read_text().strip()
+            if text:
+                return text
+            time.sleep(0.02)  # created by another process that has not written it yet
+            continue
+        salt = secrets.token_hex(16)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(salt + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return salt
+    raise IngestError(f"{salt_file} exists but stays empty; remove it (and restart) or pass the salt")
+
+
+class _OutputLock:
+    """Exclusive lock on an output folder for the length of a run (``flock`` on the folder itself, released
+    by the kernel when the process dies, so a killed run never leaves a stale lock). A second run into the
+    same folder fails at once with a clear message instead of interleaving with the first."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.fd: int | None = None
+
+    def __enter__(self) -> _OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return self
+        fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise IngestError(f"another ingestion is writing into {self.out} (it holds the folder's lock); wait for "
+                              "it to finish, or choose another output folder") from None
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
 
 
 def _walk(src: Path, exclude: Path | None) -> list[tuple[str, str, tuple[int, int]]]:
@@ -873,7 +979,8 @@ class IngestResult:
             f"rejects ({self.rejects_path}): {reasons}",
         ]
         if self.unknown_devices:
-            lines.append("unknown devices (item device 'unknown'; add them with --device-vocab): "
+            lines.append("unknown devices (hashed; OUT/.ingest/unknown_devices.json, kept private, names them; add "
+                         "them with --device-vocab): "
                          + ", ".join(f"{k} ({v} files)" for k, v in sorted(self.unknown_devices.items())))
         return "\n".join(lines)
 
@@ -909,6 +1016,8 @@ def ingest(
     restart: bool = False,
     name: str = "dicom_ingest",
     progress: bool = True,
+    isolate: bool = True,
+    max_attempts: int = 3,
 ) -> IngestResult:
     """Ingest every file under ``src`` into ``out`` (see the module docstring for the pipeline).
 
@@ -949,6 +1058,15 @@ def ingest(
         restart: forget previous runs in ``out`` (removes ``out/images`` and ``out/.ingest``).
         name: datalist name.
         progress: show tqdm progress bars.
+        isolate: decode in worker processes even with ``workers=1`` and no timeout (default), so that a
+            decoder that crashes the process (a native panic on a corrupt file) costs one ``worker_crash``
+            reject instead of the run. ``False`` runs in this process (faster to start; for debugging).
+        max_attempts: transient failures (``internal_error``, ``timeout``, ``worker_crash``) are retried
+            by later runs until a file has failed this many times.
+
+    Raises:
+        IngestError: bad options, another run holds the output folder, settings differ from the run that
+            made ``out``.
 
     Returns:
         :class:`IngestResult` with counts and the paths of the datalist, rejects and report.
@@ -973,121 +1091,139 @@ def ingest(
         raise IngestError(f"biopsy_pattern is not a valid regular expression: {err}") from err
     if not pathology or not str(pathology).strip():
         raise IngestError("pathology must be a non-empty label (default 'unlabelled')")
+    if int(max_attempts) < 1:
+        raise IngestError(f"max_attempts must be >= 1, got {max_attempts}")
     out.mkdir(parents=True, exist_ok=True)
-    base = IngestSettings(
-        image_format=image_format, dedupe_threshold=None if dedupe_threshold is None else float(dedupe_threshold),
-        stride=int(stride), color=color, region=region,
-        modalities=tuple(m.upper() for m in modalities) if modalities is not None else None,
-        keep_secondary_capture=bool(keep_secondary_capture), biopsy_pattern=biopsy_pattern,
-        max_zero_fraction=float(max_zero_fraction), zero_level=int(zero_level), min_size=int(min_size),
-        require_laterality=bool(require_laterality), png_compress_level=int(png_compress_level),
-    )
-    state = _State(out, base.fingerprint(), restart, salt)
-    settings = IngestSettings(**{**asdict(base), "salt": state.salt})
-    state.check_settings(settings.fingerprint())
-    state.load()
-    label_rows = _load_labels(Path(labels), settings.salt) if labels is not None else []
-    vocab = (vocabulary or default_vocabulary()).copy()
+    with _OutputLock(out):  # a second run into the same folder fails fast instead of losing files
+        base = IngestSettings(
+            image_format=image_format, dedupe_threshold=None if dedupe_threshold is None else float(dedupe_threshold),
+            stride=int(stride), color=color, region=region,
+            modalities=tuple(m.upper() for m in modalities) if modalities is not None else None,
+            keep_secondary_capture=bool(keep_secondary_capture), biopsy_pattern=biopsy_pattern,
+            max_zero_fraction=float(max_zero_fraction), zero_level=int(zero_level), min_size=int(min_size),
+            require_laterality=bool(require_laterality), png_compress_level=int(png_compress_level),
+        )
+        state = _State(out, base.fingerprint(), restart, salt)
+        settings = IngestSettings(**{**asdict(base), "salt": state.salt})
+        state.check_settings(settings.fingerprint())
+        state.load()
+        label_rows = _load_labels(Path(labels), settings.salt) if labels is not None else []
+        vocab = (vocabulary or default_vocabulary()).copy()
 
-    files = _walk(src, out if _is_within(out, src) else None)
-    rel_of = {file_id_of(rel, settings.salt): rel for _, rel, _ in files}
-    abs_of = {file_id_of(rel, settings.salt): path for path, rel, _ in files}
-    fp_of = {file_id_of(rel, settings.salt): list(fp) for _, rel, fp in files}
-    order = {fid: i for i, fid in enumerate(rel_of)}  # files are sorted by relative path
-    resumed = 0
-    to_scan = []
-    for fid, rel in rel_of.items():
-        rec = state.records.get(fid)
-        if rec is not None and rec.get("fingerprint") == fp_of[fid] and _outputs_present(out, rec):
-            resumed += rec["status"] in ("done", "rejected")
-            continue
-        to_scan.append(("scan", (abs_of[fid], rel, fp_of[fid], settings)))
-    transient: dict[str, dict] = {}  # rejects decided this run from other files (recomputed every run)
-    device_of: dict[str, str] = {}
-    unknown: Counter = Counter()
-    runner = _Runner(settings, workers, file_timeout, progress)
-    try:
-        for _, rec in runner.run(to_scan, "scanning"):
-            state.append(rec)
-
-        # --- resolve devices (deterministic order; may reject before decoding with on_unknown_device="error")
-        candidates = sorted((state.records[fid] for fid in rel_of
-                             if state.records.get(fid, {}).get("status") in ("scanned", "done")),
-                            key=lambda r: order[r["file_id"]])
-        raw_device: dict[str, str] = {}
-        for rec in candidates:
-            info = rec["info"]
-            raw = f"{info['manufacturer'] or '?'} / {info['model'] or '?'}"
-            found = vocab.find_dicom(info["manufacturer"], info["model"])
-            if found is None:
-                raw_device[rec["file_id"]] = raw
-                if on_unknown_device == "add" and (info["manufacturer"] or info["model"]):
-                    new = "-".join(p for p in (info["manufacturer"], info["model"]) if p)
-                    new = re.sub(r"[^0-9A-Za-z]+", "-", new).strip("-")
-                    try:
-                        found = vocab.find(new) or vocab.add(new, info["manufacturer"], info["model"]).name
-                    except ValueError:  # clashes with an existing alias: keep it unknown, still reported
-                        found = None
-                elif on_unknown_device == "error":
-                    err = UnknownDeviceError(raw, "DICOM Manufacturer / ManufacturerModelName")
-                    transient[rec["file_id"]] = _reject(rec["file_id"], rec["fingerprint"], "unknown_device",
-                                                        str(err), info=info)
+        files = _walk(src, out if _is_within(out, src) else None)
+        rel_of = {file_id_of(rel, settings.salt): rel for _, rel, _ in files}
+        abs_of = {file_id_of(rel, settings.salt): path for path, rel, _ in files}
+        fp_of = {file_id_of(rel, settings.salt): list(fp) for _, rel, fp in files}
+        order = {fid: i for i, fid in enumerate(rel_of)}  # files are sorted by relative path
+        resumed = 0
+        to_scan = []
+        for fid, rel in rel_of.items():
+            rec = state.records.get(fid)
+            if rec is not None and rec.get("fingerprint") == fp_of[fid] and _outputs_present(out, rec):
+                retry = rec.get("reason") in TRANSIENT_REASONS and rec.get("attempts", 1) < max_attempts
+                if not retry:
+                    resumed += rec["status"] in ("done", "rejected")
                     continue
-            device_of[rec["file_id"]] = found or UNKNOWN_DEVICE
+            to_scan.append(("scan", (abs_of[fid], rel, fp_of[fid], settings)))
+        transient: dict[str, dict] = {}  # rejects decided this run from other files (recomputed every run)
+        device_of: dict[str, str] = {}
+        unknown: Counter = Counter()
+        runner = _Runner(settings, workers, file_timeout, progress, isolate)
+        try:
+            for _, rec in runner.run(to_scan, "scanning"):
+                state.append(rec)
 
-        # --- group by SOP instance; decode one member of each group at a time: the first that decodes wins
-        #     (a file done in an earlier run first), members after it are duplicates of it
-        groups: dict[str, list[str]] = defaultdict(list)
-        for rec in sorted(candidates, key=lambda r: (r["status"] != "done", order[r["file_id"]])):
-            if rec["file_id"] not in transient:
-                groups[rec["info"]["sop_hash"]].append(rec["file_id"])
-        pos = dict.fromkeys(groups, 0)
-        while True:
-            batch = []
+            # --- resolve devices (deterministic order; may reject before decoding with on_unknown_device="error")
+            candidates = sorted((state.records[fid] for fid in rel_of
+                                 if state.records.get(fid, {}).get("status") in ("scanned", "done")),
+                                key=lambda r: order[r["file_id"]])
+            # an unknown device is named by a salted hash of its Manufacturer / Model in every output (sites type
+            # names into those fields); what each hash stands for is kept in the private state folder
+            raw_device: dict[str, str] = {}
+            device_names: dict[str, str] = {}
+            for rec in candidates:
+                info = rec["info"]
+                raw = f"{info['manufacturer'] or '?'} / {info['model'] or '?'}"
+                found = vocab.find_dicom(info["manufacturer"], info["model"])
+                if found is None:
+                    label = uid_hash(raw, "DEV", settings.salt)
+                    device_names[label] = raw
+                    raw_device[rec["file_id"]] = label
+                    if on_unknown_device == "add" and (info["manufacturer"] or info["model"]):
+                        try:
+                            found = vocab.find(label) or vocab.add(label).name
+                        except ValueError:  # clashes with an existing alias: keep it unknown, still reported
+                            found = None
+                    elif on_unknown_device == "error":
+                        err = UnknownDeviceError(label, "DICOM Manufacturer / ManufacturerModelName (hashed; "
+                                                        f"see {_STATE_DIR}/{_DEVICE_NAMES})")
+                        transient[rec["file_id"]] = _reject(rec["file_id"], rec["fingerprint"], "unknown_device",
+                                                            str(err), info=info)
+                        continue
+                device_of[rec["file_id"]] = found or UNKNOWN_DEVICE
+
+            # --- group by SOP instance; decode one member of each group at a time: the first that decodes wins
+            #     (a file done in an earlier run first), members after it are duplicates of it
+            groups: dict[str, list[str]] = defaultdict(list)
+            for rec in sorted(candidates, key=lambda r: (r["status"] != "done", order[r["file_id"]])):
+                if rec["file_id"] not in transient:
+                    groups[rec["info"]["sop_hash"]].append(rec["file_id"])
+            pos = dict.fromkeys(groups, 0)
+            while True:
+                batch = []
+                for sop, members in groups.items():
+                    i = pos[sop]
+                    while i < len(members) and state.records[members[i]]["status"] == "rejected":
+                        i += 1
+                    pos[sop] = i
+                    if i < len(members) and state.records[members[i]]["status"] == "scanned":
+                        batch.append(members[i])
+                if not batch:
+                    break
+                batch.sort(key=lambda fid: order[fid])
+                jobs = [("decode", (abs_of[fid], state.records[fid], str(out), settings)) for fid in batch]
+                for _, rec in runner.run(jobs, "decoding"):
+                    state.append(rec)
             for sop, members in groups.items():
                 i = pos[sop]
-                while i < len(members) and state.records[members[i]]["status"] == "rejected":
-                    i += 1
-                pos[sop] = i
-                if i < len(members) and state.records[members[i]]["status"] == "scanned":
-                    batch.append(members[i])
-            if not batch:
-                break
-            batch.sort(key=lambda fid: order[fid])
-            jobs = [("decode", (abs_of[fid], state.records[fid], str(out), settings)) for fid in batch]
-            for _, rec in runner.run(jobs, "decoding"):
-                state.append(rec)
-        for sop, members in groups.items():
-            i = pos[sop]
-            for fid in members[i + 1:]:
-                rec = state.records[fid]
-                transient[fid] = _reject(fid, rec["fingerprint"], "duplicate", "the same SOP instance as {other}",
-                                         other=members[i], info=rec["info"])
+                for fid in members[i + 1:]:
+                    rec = state.records[fid]
+                    transient[fid] = _reject(fid, rec["fingerprint"], "duplicate", "the same SOP instance as {other}",
+                                             other=members[i], info=rec["info"])
 
-        # --- files whose kept frames are pixel-identical to an earlier file
-        done = sorted((state.records[r["file_id"]] for r in candidates if r["file_id"] not in transient
-                       and state.records[r["file_id"]]["status"] == "done"), key=lambda r: order[r["file_id"]])
-        first_of_content: dict[str, str] = {}
-        for rec in done:
-            h = rec["content_hash"]
-            if h in first_of_content:
-                _remove_outputs(out, _rel_frame_dir(rec["info"]), rec["info"]["sop_hash"])
-                state.append(_reject(rec["file_id"], rec["fingerprint"], "duplicate_content",
-                                     "pixel-identical frames to {other}", other=first_of_content[h],
-                                     info=rec["info"]))
-            else:
-                first_of_content[h] = rec["file_id"]
-        for fid, raw in raw_device.items():  # unknown devices of the files that made it (or were rejected for it)
-            status = transient.get(fid, state.records[fid])
-            if status["status"] == "done" or status.get("reason") == "unknown_device":
-                unknown[raw] += 1
-    finally:
-        runner.close()
-        state.close()
+            # --- files whose kept frames are pixel-identical to an earlier file
+            done = sorted((state.records[r["file_id"]] for r in candidates if r["file_id"] not in transient
+                           and state.records[r["file_id"]]["status"] == "done"), key=lambda r: order[r["file_id"]])
+            first_of_content: dict[str, str] = {}
+            for rec in done:
+                h = rec["content_hash"]
+                if h in first_of_content:
+                    _remove_outputs(out, _rel_frame_dir(rec["info"]), rec["info"]["sop_hash"])
+                    state.append(_reject(rec["file_id"], rec["fingerprint"], "duplicate_content",
+                                         "pixel-identical frames to {other}", other=first_of_content[h],
+                                         info=rec["info"]))
+                else:
+                    first_of_content[h] = rec["file_id"]
+            if device_names:
+                names_file = state.dir / _DEVICE_NAMES
+                old = {}
+                if names_file.is_file():
+                    try:
+                        old = json.loads(names_file.read_text())
+                    except (json.JSONDecodeError, OSError):
+                        old = {}
+                atomic_write_text(names_file, json.dumps({**old, **device_names}, indent=1, sort_keys=True) + "\n")
+            for fid, raw in raw_device.items():  # unknown devices of the files that made it (or were rejected for it)
+                status = transient.get(fid, state.records[fid])
+                if status["status"] == "done" or status.get("reason") == "unknown_device":
+                    unknown[raw] += 1
+        finally:
+            runner.close()
+            state.close()
 
-    final = {fid: transient.get(fid, state.records.get(fid)) for fid in rel_of}
-    return _finish(out, src, rel_of, final, device_of, vocab, unknown, label_rows, pathology, split_fractions,
-                   seed, name, settings, not show_paths, on_unknown_device, resumed, t0)
+        final = {fid: transient.get(fid, state.records.get(fid)) for fid in rel_of}
+        return _finish(out, src, rel_of, final, device_of, vocab, unknown, label_rows, pathology, split_fractions,
+                       seed, name, settings, not show_paths, on_unknown_device, resumed, t0)
 
 
 def _is_within(inner: Path, outer: Path) -> bool:
