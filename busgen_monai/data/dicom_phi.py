@@ -58,7 +58,7 @@ _VRS = _LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 _MAX_VALUE = 256
 #: How much of a file is scanned: headers are small; an element that swallowed the rest is cut here.
-SCAN_BYTES = 1 << 20
+SCAN_BYTES = 256 << 10
 
 
 def _tags() -> list[tuple[str, int, int]]:

@@ -978,6 +978,10 @@ class IngestResult:
             f"{self.items} frames in {self.datalist_path}; dropped frames: {dropped}",
             f"rejects ({self.rejects_path}): {reasons}",
         ]
+        transient = sum(self.reasons.get(k, 0) for k in TRANSIENT_REASONS)
+        if transient:
+            lines.append(f"{transient} of the rejects are transient failures ({', '.join(sorted(TRANSIENT_REASONS))}): "
+                         "re-running the same command retries them")
         if self.unknown_devices:
             lines.append("unknown devices (hashed; OUT/.ingest/unknown_devices.json, kept private, names them; add "
                          "them with --device-vocab): "
@@ -1386,6 +1390,7 @@ def _finish(out: Path, src: Path, rel_of: Mapping[str, str], final: Mapping[str,
         "reject_reasons": REJECT_REASONS,
         "counts": {"files": n_files, "ingested": ingested, "rejected": n_files - ingested,
                    "missing_referenced_files": reasons.get("missing_file", 0), "resumed": resumed,
+                   "transient": sum(reasons.get(k, 0) for k in TRANSIENT_REASONS),
                    "items": len(items), "patients": len(labels_of),
                    "frames_dropped": dict(dropped), "reasons": dict(reasons)},
         "unknown_devices": dict(unknown),
