@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .safe_load import load_weights
+
 __all__ = ["BundleVerificationError", "package_bundle", "verify_bundle", "validate_metadata", "check_large_files",
            "check_network_shapes", "SCHEMA_PATH"]
 
@@ -119,7 +121,7 @@ def package_bundle(
     model_name = "adapter.pt" if form == "adapter" else "model.pt"
     shutil.copy2(model_src, root / "models" / model_name)
 
-    state = torch.load(model_src, map_location="cpu", weights_only=False)
+    state = load_weights(model_src, f"{form} model")
     codec = (state.get("busgen_extra", {}) or {}).get("codec") if form == "adapter" else state.get("codec")
     preset = get_preset(preset_name)
     meta = json.loads((src / "configs" / "metadata.json").read_text())
@@ -210,7 +212,9 @@ def validate_metadata(meta_path: str | Path, schema_path: str | Path = SCHEMA_PA
 
 
 def check_large_files(root: str | Path) -> list[str]:
-    """Check every file of ``large_files.yml`` exists and has its sha256; returns the checked paths."""
+    """Check every file of ``large_files.yml`` exists and has its hash (sha256, or md5 / sha512 when the
+    entry says so), and that every file in ``models/`` is listed (an unlisted file is refused: nothing
+    unverified is loaded); returns the checked paths."""
     import yaml
 
     root = Path(root)
@@ -220,20 +224,45 @@ def check_large_files(root: str | Path) -> list[str]:
     except (OSError, yaml.YAMLError) as err:
         raise BundleVerificationError(f"{lf}: not readable YAML ({err})") from err
     checked = []
-    for entry in data.get("large_files", []):
-        path = root / entry["path"]
+    entries = data.get("large_files", []) if isinstance(data, Mapping) else []
+    for entry in entries:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str):
+            raise BundleVerificationError(f"{lf}: every entry needs a 'path' (got {entry!r:.80})")
+        path = (root / entry["path"]).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise BundleVerificationError(f"{entry['path']}: large_files.yml points outside the bundle")
         if not path.is_file():
             raise BundleVerificationError(f"{entry['path']}: listed in large_files.yml but missing from the bundle")
-        want = str(entry.get("hash_val", "")).lower()
-        got = _sha256(path)
-        if entry.get("hash_type", "sha256") != "sha256" or got != want:
+        want = str(entry.get("hash_val", "")).strip().lower()
+        kind = str(entry.get("hash_type", "sha256")).strip().lower()
+        if kind not in ("sha256", "sha512", "md5"):
+            raise BundleVerificationError(f"{entry['path']}: hash_type {kind!r} is not supported (use sha256)")
+        if not want:
+            raise BundleVerificationError(f"{entry['path']}: large_files.yml gives no hash_val")
+        got = _file_hash(path, kind)
+        if got != want:
             raise BundleVerificationError(
-                f"{entry['path']}: sha256 {got} does not match large_files.yml ({want}); the file was modified or "
+                f"{entry['path']}: its {kind} is {got} but large_files.yml says {want}; the file was modified or "
                 "corrupted - re-download or re-package the bundle")
         checked.append(entry["path"])
     if not checked:
         raise BundleVerificationError(f"{lf}: lists no model files")
+    listed = {(root / p).resolve() for p in checked}
+    models = root / "models"
+    unlisted = sorted(p.relative_to(root).as_posix() for p in models.rglob("*")
+                      if p.is_file() and p.resolve() not in listed) if models.is_dir() else []
+    if unlisted:
+        raise BundleVerificationError(f"{unlisted[0]}: in models/ but not listed (with its hash) in large_files.yml; "
+                                      "an unlisted file is refused - re-package the bundle or remove the file")
     return checked
+
+
+def _file_hash(path: Path, kind: str) -> str:
+    h = hashlib.new(kind)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _parser(root: Path, overrides: Mapping[str, Any]):
@@ -313,6 +342,14 @@ def verify_bundle(path: str | Path, base_checkpoint: str | Path | None = None, s
         meta = validate_metadata(root / "configs" / "metadata.json")
         report["metadata"] = "ok"
         report["large_files"] = check_large_files(root)
+        # nothing of an unverified bundle's config is evaluated before this static check passes
+        from .bundle_check import BundleConfigError, check_config_static
+
+        try:
+            report["config_expressions_checked"] = check_config_static(sorted((root / "configs").glob("*.json")),
+                                                                       root)
+        except BundleConfigError as err:
+            raise BundleVerificationError(f"{path}: {err}") from None
         overrides: dict[str, Any] = {}
         if meta.get("bundle_form") == "adapter" or "base_model" in meta:
             if base_checkpoint is None:

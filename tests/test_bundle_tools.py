@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from busgen_monai.adaptation.adapt import AdapterSaver, prepare_adaptation
-from busgen_monai.bundle_tools import BundleVerificationError, package_bundle, verify_bundle
+from busgen_monai.bundle_tools import BundleVerificationError, check_large_files, package_bundle, verify_bundle
 from busgen_monai.cli import main
 from busgen_monai.inferers import BoxPrior
 from busgen_monai.networks import ConditionCodec
@@ -62,7 +62,7 @@ def test_tampered_weights_refused(adapted):
         b = f.read(1)
         f.seek(200)
         f.write(bytes([b[0] ^ 0xFF]))
-    with pytest.raises(BundleVerificationError, match="models/model.pt: sha256 .* does not match large_files.yml"):
+    with pytest.raises(BundleVerificationError, match="models/model.pt: its sha256 is .* but large_files.yml says"):
         verify_bundle(root, sample=False)
 
 
@@ -103,3 +103,81 @@ def test_adapter_bundle_wrong_base_refused(adapted):
     torch.save({"network": build_network("tiny", codec).state_dict(), "codec": codec.state_dict()}, other)
     with pytest.raises(BundleVerificationError, match="base_model/sha256"):
         verify_bundle(z, base_checkpoint=other, sample=False)
+
+
+class _Payload:
+    """Pickles to a call that would create a marker file if it ever ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payload_in_every_loadable_file_type_is_refused(adapted, tmp_path):
+    from busgen_cpsample.protector import load_protector
+
+    from busgen_monai.adaptation.adapt import read_adapter
+    from busgen_monai.adaptation.lora import load_adapter
+    from busgen_monai.inferers.loading import read_checkpoint
+    from busgen_monai.safe_load import UnsafeFileError
+
+    tmp, saved = adapted
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"network": {}, "codec": {}, "lora": {}, "config": {}, "format": "x", "payload": _Payload(marker)}, evil)
+    loaders = [
+        lambda: read_adapter(evil),
+        lambda: load_adapter(build_network("tiny", ConditionCodec()), evil),
+        lambda: load_protector(evil),
+        lambda: read_checkpoint(evil),
+        lambda: package_bundle(tmp_path / "zoo", "merged", merged_model=evil, name="evil",
+                               box_prior=tmp / "models" / "box_prior.json", devices=["GE-LOGIQ-E9"]),
+    ]
+    for load in loaders:
+        with pytest.raises(ValueError, match="weights-only|pickled objects"):
+            load()
+        assert not marker.exists()
+    with pytest.raises(UnsafeFileError, match="refused to load"):
+        read_adapter(evil)
+    # the project's own formats load weights-only
+    assert "lora" in read_adapter(saved["adapter"])
+
+
+def test_config_payload_not_executed_by_verify(adapted, tmp_path):
+    tmp, saved = adapted
+    root, _ = _pkg(tmp, saved, name="payload")
+    marker = tmp_path / "PWNED"
+    cfg_path = root / "configs" / "inference.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["network_def"] = f"$__import__('pathlib').Path({str(marker)!r}).touch() or None"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(BundleVerificationError, match="__import__"):
+        verify_bundle(root, sample=False)
+    assert not marker.exists()
+
+
+def test_unlisted_model_file_and_hash_types(adapted):
+    import hashlib
+
+    tmp, saved = adapted
+    root, _ = _pkg(tmp, saved, name="unlisted")
+    (root / "models" / "extra.pt").write_bytes(b"not listed")
+    with pytest.raises(BundleVerificationError, match="models/extra.pt: in models/ but not listed"):
+        verify_bundle(root, sample=False)
+    (root / "models" / "extra.pt").unlink()
+    lf = root / "large_files.yml"
+    md5 = hashlib.md5((root / "models" / "model.pt").read_bytes()).hexdigest()
+    prior = hashlib.sha256((root / "models" / "box_prior.json").read_bytes()).hexdigest()
+    prior_entry = f"  - path: models/box_prior.json\n    hash_val: {prior}\n"
+    lf.write_text(f"large_files:\n  - path: models/model.pt\n    hash_val: {md5}\n    hash_type: md5\n{prior_entry}")
+    assert check_large_files(root) == ["models/model.pt", "models/box_prior.json"]
+    lf.write_text(f"large_files:\n{prior_entry}")
+    with pytest.raises(BundleVerificationError, match="models/model.pt: in models/ but not listed"):
+        verify_bundle(root, sample=False)
+    lf.write_text(f"large_files:\n  - path: models/model.pt\n    hash_val: {'0' * 32}\n    hash_type: md5\n"
+                  f"{prior_entry}")
+    with pytest.raises(BundleVerificationError) as err:
+        verify_bundle(root, sample=False)
+    assert f"its md5 is {md5} but large_files.yml says {'0' * 32}" in str(err.value)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..safe_load import load_weights
 from .lora import DEFAULT_TARGET_MODULES, _EXTRA_KEY, _condition_table, add_condition_values, inject_lora, merge_lora
 from .lora import save_adapter, state_dict_sha256
 
@@ -170,8 +171,12 @@ class ValLossEarlyStopping:
 def read_adapter(path: str | os.PathLike) -> dict[str, Any]:
     """Read an adapter file; raises naming the file when it is not one."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
+        state = load_weights(path, "LoRA adapter")
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - UnsafeFileError says it all; others name the file
+        if isinstance(err, ValueError):
+            raise
         raise ValueError(f"cannot read adapter {path}: {err}") from err
     if not isinstance(state, Mapping) or "lora" not in state or "config" not in state:
         raise ValueError(f"{path} is not a busgen LoRA adapter (needs 'lora' and 'config')")

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..safe_load import load_weights
+
 __all__ = [
     "DEFAULT_TARGET_MODULES",
     "inject_lora",
@@ -237,7 +239,7 @@ def load_adapter(network: nn.Module, adapter: str | os.PathLike | Mapping[str, A
     Raises a clear error when the base network's hash differs from the one the adapter was trained on
     (``check_base=False`` skips the check).
     """
-    state = torch.load(adapter, map_location="cpu", weights_only=False) if not isinstance(adapter, Mapping) else adapter
+    state = load_weights(adapter, "LoRA adapter") if not isinstance(adapter, Mapping) else adapter
     cfg = state["config"]
     base_hash = state_dict_sha256(network)
     if check_base and cfg.get("base_sha256") and cfg["base_sha256"] != base_hash:

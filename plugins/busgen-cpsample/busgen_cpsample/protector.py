@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from busgen_monai.safe_load import load_weights
+
 __all__ = [
     "PROTECTOR_FORMAT",
     "DEFAULT_SCHEDULE",
@@ -519,7 +521,7 @@ def load_protector(path: str | os.PathLike, map_location: str | torch.device = "
     if not path.is_file():
         raise FileNotFoundError(f"protector {path} does not exist; train one with `busgen train-protector` "
                                 "(bundle cpsample, config train_protector)")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    state = load_weights(path, "protector", map_location=map_location)
     if not isinstance(state, Mapping) or state.get("format") != PROTECTOR_FORMAT:
         raise ValueError(f"{path} is not a busgen-cpsample protector file (expected format {PROTECTOR_FORMAT!r})")
     net = build_protector_network(**state["network_kwargs"])
