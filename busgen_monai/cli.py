@@ -126,6 +126,9 @@ def run_bundle(bundle: str | Path, config: str, run_id: str = "run", **overrides
     logconf = bundle / "configs" / "logging.conf"
     if logconf.is_file():
         kwargs["logging_file"] = str(logconf)
+    from .bundle_check import validate_overrides
+
+    validate_overrides(files, overrides, bundle=bundle.name)  # unknown keys, wrong types, ranges: before running
     kwargs.update(overrides)
     from monai.bundle import run
 
@@ -330,6 +333,19 @@ def cmd_verify(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # full tracebacks; otherwise errors are one line
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _main(argv)
+    except Exception as err:  # noqa: BLE001 - one line unless --debug
+        if debug:
+            raise
+        print(f"busgen: error: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+              " (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     # delegated commands keep their own argument parsers
     if argv and argv[0] == "ingest":
