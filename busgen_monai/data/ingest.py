@@ -133,6 +133,7 @@ REJECT_REASONS = {
     "no_laterality": "laterality is unknown and require_laterality is set",
     "unsupported_transfer_syntax": "no decoder for the transfer syntax is installed / exists",
     "bad_geometry": "absurd Rows/Columns/NumberOfFrames or pixel data that does not match them",
+    "too_large": "a frame over the pixel-count / memory limits (a decompression bomb), refused from the header",
     "truncated": "the pixel data runs past the end of the file",
     "decode_error": "a frame could not be decoded",
     "no_imaging_region": "no ultrasound image region found in the frames",
@@ -1039,7 +1040,9 @@ def ingest(
         vocabulary: device vocabulary (default: built-in); devices are resolved from Manufacturer +
             ManufacturerModelName.
         on_unknown_device: ``"null"`` (item device ``"unknown"``, listed in the report), ``"add"`` (register
-            ``Manufacturer-Model`` and write ``out/device_vocabulary.json``) or ``"error"`` (reject the files).
+            the device under a salted hash ``DEV-...`` and write ``out/device_vocabulary.json``) or ``"error"``
+            (reject the files). Unknown devices appear in shared outputs only as that hash (sites type names
+            into Manufacturer/Model); ``out/.ingest/unknown_devices.json`` (private) maps hashes to names.
         pathology: label of items no labels-CSV row matches (default: the placeholder ``"unlabelled"``).
         labels: CSV of labels (see the module docstring).
         salt: salt of every pseudonym and hash; default: a random salt kept in ``out/.ingest/salt``.
