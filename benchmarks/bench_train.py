@@ -65,7 +65,7 @@ def run_one(preset: str, batch_size: int, steps: int, warmup: int, threads: int 
     size = p["image_size"]
     cond = codec.pack_names(["benign", "malignant"] * batch_size, ["GE-LOGIQ-E9"] * (2 * batch_size),
                             boxes=[[[0.3, 0.3, 0.6, 0.55]]] * (2 * batch_size))[:batch_size, 0]
-    batch = {"image": torch.rand(batch_size, 3, size, size) * 2 - 1, "cond": cond}
+    batch = {"image": torch.rand(batch_size, int(p["image_channels"]), size, size) * 2 - 1, "cond": cond}
 
     def step() -> float:
         images, target, _, kwargs = prepare(batch, torch.device("cpu"))
@@ -127,7 +127,7 @@ def _table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "toy"], choices=["tiny", "toy", "paper"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "toy"], choices=["tiny", "cpu", "cpu96", "cpu128", "toy", "paper"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                         help="default: 1 and the preset's realistic batch (tiny 8, toy/paper 4)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")

@@ -9,6 +9,8 @@ Sub-commands::
     busgen datalist build|validate|summary build a datalist from BUS-BRA / BUSI / CSV, check or summarise one
     busgen ingest SRC OUT [...]            DICOM PACS export -> datalist (when the ingestion module is present)
     busgen demo [--out DIR]                the main job, end to end on the embedded phantom
+    busgen sample OUT [--n 64 ...]         generate images (default: the shipped BUS-BRA generator)
+    busgen export CKPT OUT [...]           a training checkpoint -> a small model file (+ box prior) to share
 """
 
 from __future__ import annotations
@@ -299,11 +301,128 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--base-name", default="busgen_pretrain")
     pk.add_argument("--base-version", default="0.1.0")
 
+    sm = sub.add_parser("sample", help="generate images (default: the shipped BUS-BRA generator)",
+                        description="Generate labelled images with the sample bundle. Default generator: the one "
+                        "the project ships (64 px, trained on the BUS-BRA training split; docs/model_card.md). "
+                        "Pathologies are balanced; devices follow the training data's mix unless listed. "
+                        "Example: busgen sample out --n 64 --pathology malignant --device GE-LOGIQ-7")
+    sm.add_argument("out", help="output folder (images/, datalist.json, sample_grid.png, run.json)")
+    sm.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    sm.add_argument("--pathology", default=None, help="comma list (default: every pathology of the model)")
+    sm.add_argument("--device", default=None, help="comma list of device names (default: the model's devices)")
+    sm.add_argument("--box", default=None, help="one lesion box x1,y1,x2,y2 (normalised) for every image "
+                    "(default: drawn from the box prior)")
+    sm.add_argument("--checkpoint", default=None, help="generator checkpoint, model file or run folder "
+                    "(default: the shipped generator)")
+    sm.add_argument("--datalist", default=None, help="datalist whose training split gives the devices, their mix "
+                    "and the box prior")
+    sm.add_argument("--box-prior", default=None, help="box_prior.json (default: the one next to the checkpoint)")
+    sm.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps (default 20)")
+    sm.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--chunk-size", type=int, default=16, help="images per sampler batch (default 16)")
+    sm.add_argument("--device-mix", choices=["data", "uniform"], default="data",
+                    help="device shares when devices are not listed: the training data's mix (default) or equal")
+    sm.add_argument("--force", action="store_true", help="start over in a folder holding a run with other settings")
+    sm.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ex = sub.add_parser("export", help="a training checkpoint -> a small model file to share",
+                        description="Write the weights to sample with (EMA by default), the condition codec, the "
+                        "network's constructor arguments and the training settings into one file that loads with "
+                        "torch.load(weights_only=True); with --datalist also box_prior.json (and the training "
+                        "device mix) next to it.")
+    ex.add_argument("checkpoint", help="checkpoint file or the run's models/ folder (latest checkpoint)")
+    ex.add_argument("out", help="model file to write, e.g. my_bundle/models/model.pt")
+    ex.add_argument("--datalist", default=None, help="the training datalist: box prior and device mix")
+    ex.add_argument("--prior-points", type=int, default=None, help="ship a box prior resampled to this many "
+                    "points per pathology (no training box is stored)")
+    ex.add_argument("--dtype", choices=["float32", "float16"], default=None, help="weight dtype (float16 halves it)")
+    ex.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    ex.add_argument("--preset", default=None, help="only for old checkpoints without saved settings")
+    ex.add_argument("--seed", type=int, default=0)
+
     vf = sub.add_parser("verify", help="verify a bundle folder or zip offline (schema, hashes, shapes, sampling)")
     vf.add_argument("bundle")
     vf.add_argument("--base", default=None, help="base checkpoint (adapter-only bundles)")
     vf.add_argument("--no-sample", action="store_true", help="skip the load-and-sample round trip")
     return p
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def cmd_sample(args) -> int:
+    """``busgen sample``: the sample bundle with the shipped generator (or ``--checkpoint``) as the default."""
+    from .inferers import default_generator, read_checkpoint
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_generator()
+    overrides: dict = {"checkpoint": str(ckpt), "output_dir": str(Path(args.out).resolve()), "num_images": args.n,
+                       "seed": args.seed, "num_inference_steps": args.steps, "chunk_size": args.chunk_size,
+                       "device_mix": args.device_mix, "force": args.force, "progress": not args.quiet}
+    if args.guidance is not None:
+        overrides["guidance_w"] = args.guidance
+    if args.pathology:
+        overrides["pathologies"] = _csv(args.pathology)
+    if args.datalist:
+        overrides["datalist"] = str(Path(args.datalist).resolve())
+    prior = Path(args.box_prior) if args.box_prior else ckpt.parent / "box_prior.json"
+    if args.box:
+        overrides["box_prior"] = None
+    elif prior.is_file():
+        overrides["box_prior"] = str(prior)
+    elif not args.datalist:
+        raise ValueError(f"no box prior next to {ckpt} (box_prior.json): give --box-prior FILE, --datalist D "
+                         "(fitted on its training split) or --box x1,y1,x2,y2")
+    devices = _csv(args.device)
+    if devices is None and not args.datalist:
+        state = read_checkpoint(ckpt)
+        devices = [d for d in state["codec"].get("devices", []) if d not in ("unknown", "null")]
+        saved_mix = (state.get("settings") or {}).get("device_mix")
+        if saved_mix and args.device_mix == "data":  # the training data's device mix, saved with the model
+            overrides["device_weights"] = [float(saved_mix.get(d, 0.0)) for d in devices]
+    if devices is not None:
+        overrides["devices"] = devices
+    if args.box:
+        overrides["boxes"] = [[float(v) for v in args.box.split(",")]]
+    run_bundle("busgen_sample", "inference", **overrides)
+    print(f"images: {Path(args.out) / 'images'}\ndatalist: {Path(args.out) / 'datalist.json'}\n"
+          f"grid: {Path(args.out) / 'sample_grid.png'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """``busgen export``: a training checkpoint -> ``model.pt`` (sampling weights, codec, network arguments,
+    settings) and, with ``--datalist``, a ``box_prior.json`` next to it."""
+    from .inferers import BoxPrior, export_generator, read_checkpoint, resolve_checkpoint
+    from .data.schema import iter_items, load_datalist
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    state = read_checkpoint(ckpt)
+    out = Path(args.out)
+    extra = {}
+    settings = None
+    if args.datalist:
+        data = load_datalist(args.datalist, check_files=False)
+        train = [it for split, _, it in iter_items(data) if split == "training"]
+        counts: dict[str, int] = {}
+        for it in train:
+            counts[it["device"]] = counts.get(it["device"], 0) + 1
+        from .inferers import generator_settings
+
+        settings = {**generator_settings(state, args.preset),
+                    "device_mix": {d: round(c / len(train), 6) for d, c in sorted(counts.items())}}
+        prior = BoxPrior().fit(train, seed=args.seed)
+        if args.prior_points:
+            prior = prior.resampled(args.prior_points, seed=args.seed)
+        prior.save(out.parent / "box_prior.json")
+        print(f"box prior: {out.parent / 'box_prior.json'}")
+    path = export_generator(ckpt, out, use_ema=not args.no_ema, preset=args.preset, dtype=args.dtype,
+                            settings=settings, extra=extra or None)
+    from .utils.io import file_sha256
+
+    print(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)})")
+    return 0
 
 
 def cmd_package(args) -> int:
@@ -364,7 +483,8 @@ def _main(argv: list[str]) -> int:
         parser.print_help()
         return 0
     handlers = {"plugins": cmd_plugins, "bundles": cmd_bundles, "phantom": cmd_phantom,
-                "datalist": cmd_datalist, "demo": cmd_demo, "package": cmd_package, "verify": cmd_verify}
+                "datalist": cmd_datalist, "demo": cmd_demo, "package": cmd_package, "verify": cmd_verify,
+                "sample": cmd_sample, "export": cmd_export}
     try:
         if args.command == "run":
             return cmd_run(args, extra)

@@ -10,11 +10,14 @@ Stages (each new stage of the project joins this list):
 1. ``phantom``  - phantom breast-ultrasound data set (PNG + masks + datalist) and a PACS-style DICOM export
 2. ``ingest``   - ingest the PACS-style DICOM export (cines, crops, de-identification, rejects with reasons)
 3. ``datalist`` - validate the phantom datalist, summarise it, draw a sample grid
-4. ``pretrain`` - a short CPU pretraining run of the ``tiny`` preset (``bundles/busgen_pretrain``) on the phantom
-5. ``adapt``    - few-shot LoRA adaptation of the tiny base to one phantom device (``bundles/busgen_adapt``), samples
-   from the adapted model, and a model-zoo bundle zip of the adapter checked with ``busgen verify``
-6. ``sample``   - generate a labelled synthetic set from it with DPM-Solver++ and CFG (``bundles/busgen_sample``)
-7. ``privacy``  - privacy plugin (``busgen-cpsample``): protecting classifier for the tiny generator, a guarded
+4. ``pretrain`` - a short CPU pretraining run of the ``tiny`` preset (``bundles/busgen_pretrain``) on the phantom:
+   seconds; it exercises the training path (its model is a final artefact, not used downstream)
+5. ``adapt``    - LoRA adaptation (``bundles/busgen_adapt``) of the shipped generator (64 px, trained on BUS-BRA,
+   ``docs/model_card.md``) to the phantom's four devices, and a model-zoo bundle zip of the adapter checked with
+   ``busgen verify``
+6. ``sample``   - generate a labelled synthetic set from the adapted generator with DPM-Solver++ and CFG
+   (``bundles/busgen_sample``)
+7. ``privacy``  - privacy plugin (``busgen-cpsample``): protecting classifier for the adapted generator, a guarded
    sample set (CPSampling), and the privacy audit (nearest training image by cosine and MS-SSIM) of the unguarded
    and guarded sets
 8. ``clean``    - cleaning filter (plugin ``busgen-clean``): a judge trained on the real phantom removes generated
@@ -120,7 +123,7 @@ def _stage_pretrain(ctx: DemoContext) -> dict:
     try:
         run_bundle("busgen_pretrain", "train", datalist=ctx.results["phantom"]["datalist"], output_dir=str(d),
                    preset_name="tiny", max_epochs=DEMO_PRETRAIN_EPOCHS, num_workers=0, progress_bar=True,
-                   checkpoint_interval=500, sample_interval=DEMO_PRETRAIN_EPOCHS, val_interval=10)
+                   checkpoint_interval=500, sample_interval=DEMO_PRETRAIN_EPOCHS, val_interval=DEMO_PRETRAIN_EPOCHS)
     finally:
         torch.set_num_threads(threads)
     ckpt = resolve_checkpoint(d / "models")
@@ -130,44 +133,47 @@ def _stage_pretrain(ctx: DemoContext) -> dict:
 
 
 def _stage_adapt(ctx: DemoContext) -> dict:
-    import torch
-
-    from .adaptation.demo import adapt_demo_stage
-    from .bundle_tools import verify_bundle
+    """LoRA-adapt the shipped BUS-BRA generator to the phantom's devices (the adapt bundle's train config), package
+    the adapter as a model-zoo bundle and verify it offline."""
+    from .bundle_tools import package_bundle, verify_bundle
+    from .cli import run_bundle
+    from .data.schema import load_datalist
+    from .inferers import default_generator, generator_settings
 
     d = ctx.stage_dir("adapt")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = adapt_demo_stage(ctx.results["phantom"]["datalist"], ctx.results["pretrain"]["model"], d)
-        verified = None
-        if result.get("bundle_zip"):
-            report = verify_bundle(result["bundle_zip"], base_checkpoint=ctx.results["pretrain"]["model"])
-            verified = {k: v for k, v in report.items() if isinstance(v, (bool, int, float, str))}
-    finally:
-        torch.set_num_threads(threads)
-    return {**{k: str(v) for k, v in result.items()}, "verified": verified}
+    base = default_generator()
+    datalist = ctx.results["phantom"]["datalist"]
+    devices = [x for x in load_datalist(datalist, check_files=False).get("devices", []) if x not in ("unknown", "null")]
+    run_dir = d / "run"
+    run_bundle("busgen_adapt", "train", base_checkpoint=str(base), datalist=datalist, output_dir=str(run_dir),
+               new_devices=devices, max_epochs=DEMO_ADAPT_EPOCHS, num_workers=0, progress_bar=True,
+               sample_steps=10, sample_devices=devices, val_num_items=8, early_stopping_patience=DEMO_ADAPT_EPOCHS)
+    models = run_dir / "models"
+    settings = generator_settings(base)
+    folder, zpath = package_bundle(d / "zoo", "adapter", adapter=models / "adapter.pt", base_checkpoint=base,
+                                   preset_name=settings.get("name", "cpu"), name="busgen_adapt_phantom",
+                                   box_prior=models / "box_prior.json", devices=devices)
+    report = verify_bundle(zpath, base_checkpoint=base)
+    verified = {k: v for k, v in report.items() if isinstance(v, (bool, int, float, str))}
+    grids = sorted((run_dir / "samples").glob("*.png"))
+    return {"base": str(base), "devices": devices, "adapter": str(models / "adapter.pt"),
+            "model": str(models / "model.pt"), "box_prior": str(models / "box_prior.json"),
+            "sample_grid": str(grids[-1]) if grids else None, "bundle_zip": str(zpath), "verified": verified}
 
 
 def _stage_sample(ctx: DemoContext) -> dict:
+    """Sample a labelled set from the *adapted* generator (merged model of the adapt stage)."""
     import json as _json
-
-    import torch
 
     from .cli import run_bundle
 
     d = ctx.stage_dir("sample")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_bundle("busgen_sample", "inference", checkpoint=ctx.results["pretrain"]["model"], preset_name="tiny",
-                   datalist=ctx.results["phantom"]["datalist"], output_dir=str(d), num_images=DEMO_NUM_GENERATED,
-                   num_inference_steps=20, chunk_size=16)
-    finally:
-        torch.set_num_threads(threads)
+    run_bundle("busgen_sample", "inference", checkpoint=ctx.results["adapt"]["model"],
+               datalist=ctx.results["phantom"]["datalist"], box_prior=ctx.results["adapt"]["box_prior"],
+               output_dir=str(d), num_images=DEMO_NUM_GENERATED, num_inference_steps=DEMO_SAMPLE_STEPS, chunk_size=16)
     data = _json.loads((d / "datalist.json").read_text())
     return {"datalist": str(d / "datalist.json"), "generated": len(data["training"]),
-            "grid": str(d / "sample_grid.png")}
+            "grid": str(d / "sample_grid.png"), "model": ctx.results["adapt"]["model"]}
 
 
 def _stage_privacy(ctx: DemoContext) -> dict:
@@ -181,19 +187,20 @@ def _stage_privacy(ctx: DemoContext) -> dict:
     registry = discover_plugins()
     plugin = registry["cpsample"]
     d = ctx.stage_dir("privacy")
-    model = ctx.results["pretrain"]["model"]
+    model = ctx.results["sample"]["model"]  # the adapted generator the sample stage used
     datalist = ctx.results["phantom"]["datalist"]
     protector = d / "protector.pt"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_bundle("cpsample", "train_protector", generator_checkpoint=model, datalist=datalist, preset_name="tiny",
+        run_bundle("cpsample", "train_protector", generator_checkpoint=model, datalist=datalist,
                    protector_path=str(protector), channels=[16, 32, 32], max_iterations=DEMO_PROTECTOR_ITERATIONS,
                    check_interval=100, num_threads=1, progress_bar=True)
         overlay = plugin.bundle_paths()["cpsample"] / "configs" / "guard_overlay.json"
         guarded = d / "guarded"
-        run_bundle("busgen_sample", f"inference,{overlay}", checkpoint=model, preset_name="tiny", datalist=datalist,
-                   output_dir=str(guarded), num_images=DEMO_NUM_GUARDED, num_inference_steps=20, chunk_size=16,
+        run_bundle("busgen_sample", f"inference,{overlay}", checkpoint=model, datalist=datalist,
+                   box_prior=ctx.results["adapt"]["box_prior"], output_dir=str(guarded), num_images=DEMO_NUM_GUARDED,
+                   num_inference_steps=DEMO_SAMPLE_STEPS, chunk_size=16,
                    protector_path=str(protector), cpsample_strength=30.0, cpsample_alpha=0.25)
         audit = registry.component("cpsample", "audit")
         summaries = {}
@@ -272,7 +279,9 @@ def _find_key(obj, key):
     return None
 
 
-DEMO_PRETRAIN_EPOCHS = 40
+DEMO_PRETRAIN_EPOCHS = 6
+DEMO_ADAPT_EPOCHS = 8
+DEMO_SAMPLE_STEPS = 20
 DEMO_NUM_GENERATED = 128
 DEMO_NUM_GUARDED = 32
 DEMO_PROTECTOR_ITERATIONS = 400
@@ -281,9 +290,11 @@ STAGES: list[Stage] = [
     Stage("phantom", _stage_phantom, "phantom data set + PACS-style DICOM export"),
     Stage("ingest", _stage_ingest, "ingest the phantom PACS export (DICOM cines -> de-identified frames + datalist)"),
     Stage("datalist", _stage_datalist, "validate and summarise the datalist, sample grid PNG"),
-    Stage("pretrain", _stage_pretrain, "short CPU pretraining of the tiny conditional diffusion model"),
-    Stage("adapt", _stage_adapt, "few-shot LoRA adaptation to one device, samples, zoo bundle + verify"),
-    Stage("sample", _stage_sample, "generate a labelled synthetic set (DPM-Solver++ 20 steps, CFG w=1.8)"),
+    Stage("pretrain", _stage_pretrain, "short CPU pretraining of the tiny conditional diffusion model (exercises "
+          "the training path; the shipped generator is the base of the next stages)"),
+    Stage("adapt", _stage_adapt, "LoRA adaptation of the shipped BUS-BRA generator to the phantom's devices, zoo "
+          "bundle + verify"),
+    Stage("sample", _stage_sample, "generate a labelled synthetic set from the adapted generator (DPM-Solver++, CFG)"),
     Stage("privacy", _stage_privacy, "privacy guard (CPSampling) and audit of the generated sets against the training set"),
     Stage("clean", _stage_clean, "cleaning filter: remove generated images whose lesion disagrees with the label"),
     Stage("classify", _stage_classify, "downstream classifier trained on generated data, evaluated on real phantom data"),

@@ -29,9 +29,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["PRESETS", "PRESET_NAMES", "get_preset", "network_kwargs", "build_network", "build_scheduler"]
+__all__ = [
+    "PRESETS", "PRESET_NAMES", "SAMPLING_KEYS", "get_preset", "network_kwargs", "build_network", "build_scheduler",
+    "trained_settings",
+]
 
 _DIFFUSION = {"num_train_timesteps": 500, "beta_start": 1e-4, "beta_end": 0.028, "guidance_w": 1.8}
+# grey B-mode (one channel) everywhere; RGB (3) is an override for colour data: --image_channels 3
+_IMAGE = {"image_channels": 1}
+_LOSS_PLAIN = {"loss_weighting": "none", "min_snr_gamma": 5.0}
 
 _PAPER_NET = {
     "channels": [128, 256, 256, 256],
@@ -45,10 +51,26 @@ _PAPER_NET = {
     "use_flash_attention": True,  # torch SDPA: memory-efficient attention on GPU and CPU (2x faster on CPU at 160 px)
 }
 
+# CPU preset: widths 32-128, attention only at the lowest resolution (8 px at 64 px input), one residual block per
+# level; measured choices in bundles/busgen_pretrain/docs/README.md ("Training on a CPU").
+_CPU_NET = {
+    "channels": [32, 64, 128, 128],
+    "num_res_blocks": 1,
+    "attention_levels": [False, False, False, True],
+    "norm_num_groups": 8,
+    "num_head_channels": 32,
+    "resblock_updown": False,
+    "dropout": 0.0,
+    "condition_embed_dim": 64,
+    "use_flash_attention": True,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "image_size": 160,
+        **_IMAGE,
         **_PAPER_NET,
+        **_LOSS_PLAIN,
         **_DIFFUSION,
         "batch_size": 1,
         "lr": 1.5625e-5,  # BUSGen: 6.25e-6 with a x2.5 warm-up multiplier -> peak 1.5625e-5
@@ -61,7 +83,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "toy": {
         "image_size": 128,
+        **_IMAGE,
         **_PAPER_NET,
+        **_LOSS_PLAIN,
         **_DIFFUSION,
         "batch_size": 1,
         "lr": 1.5625e-5,
@@ -74,6 +98,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "tiny": {
         "image_size": 32,
+        **_IMAGE,
+        **_LOSS_PLAIN,
         "channels": [16, 32],
         "num_res_blocks": 1,
         "attention_levels": [False, False],
@@ -93,10 +119,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grad_clip": 1.0,
         "ema_decay": 0.99,
     },
+    "cpu": {
+        "image_size": 64,
+        **_IMAGE,
+        **_CPU_NET,
+        **_DIFFUSION,
+        "loss_weighting": "min_snr",
+        "min_snr_gamma": 5.0,
+        "batch_size": 16,
+        "lr": 5e-4,
+        "warmup_multiplier": 0.1,
+        "warmup_fraction": 0.02,
+        "max_epochs": 40,
+        "weight_decay": 1e-4,
+        "grad_clip": 1.0,
+        "ema_decay": 0.999,
+    },
 }
+PRESETS["cpu128"] = {**PRESETS["cpu"], "image_size": 128, "batch_size": 8}
+PRESETS["cpu96"] = {**PRESETS["cpu"], "image_size": 96, "batch_size": 12}
 PRESET_NAMES = tuple(PRESETS)
 
 _NETWORK_KEYS = (
+    "image_channels",
     "channels",
     "num_res_blocks",
     "attention_levels",
@@ -122,6 +167,22 @@ def get_preset(name: str, **overrides: Any) -> dict[str, Any]:
     return preset
 
 
+# what a sampler needs besides the network: the image size it was trained at and the noise schedule
+SAMPLING_KEYS = ("image_size", "image_channels", "num_train_timesteps", "beta_start", "beta_end", "guidance_w")
+
+
+def trained_settings(preset: dict[str, Any], **actual: Any) -> dict[str, Any]:
+    """The preset as actually trained: ``preset`` with the values the run really used (``actual``, e.g. the bundle's
+    ``image_size`` after ``--image_size 96``) applied. Training saves it in every checkpoint (``settings``) and in
+    ``models/preset.json``, so sampling, adaptation and packaging read the image size and noise schedule back instead
+    of asking for the preset again. Values are plain JSON types."""
+    import json
+
+    out = dict(preset)
+    out.update({k: v for k, v in actual.items() if v is not None})
+    return json.loads(json.dumps(out))
+
+
 def network_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
     """The :class:`~busgen_monai.networks.ConditionalDiffusionUNet` arguments a preset sets."""
     return {k: copy.deepcopy(preset[k]) for k in _NETWORK_KEYS}
@@ -133,7 +194,7 @@ def build_network(preset: dict[str, Any] | str, codec=None, **kwargs: Any):
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     codec = codec if codec is not None else ConditionCodec()
-    args = {"spatial_dims": 2, "image_channels": 3, **network_kwargs(preset), **codec.network_kwargs()}
+    args = {"spatial_dims": 2, **network_kwargs(preset), **codec.network_kwargs()}
     args.update(kwargs)
     return ConditionalDiffusionUNet(**args)
 

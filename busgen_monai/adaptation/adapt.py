@@ -99,10 +99,19 @@ def _torch_save_atomic(obj: Any, path: Path) -> Path:
     return path
 
 
-def save_merged(network: nn.Module, codec, path: str | os.PathLike) -> Path:
-    """Merge a copy of the adapted network and write it as ``{"network", "codec"}`` (loadable by ``load_generator``)."""
+def save_merged(network: nn.Module, codec, path: str | os.PathLike,
+                settings: Mapping[str, Any] | None = None) -> Path:
+    """Merge a copy of the adapted network and write it as ``{"network", "codec", "network_kwargs"[, "settings"]}``
+    (loadable by ``load_generator`` with no preset: the base's constructor arguments with the extended codec's
+    table sizes; ``settings``: the base's training settings, see :func:`busgen_monai.inferers.generator_settings`)."""
     merged = merge_lora(copy.deepcopy(network).cpu())
-    return _torch_save_atomic({"network": merged.state_dict(), "codec": codec.to_dict()}, Path(path))
+    payload: dict[str, Any] = {"network": merged.state_dict(), "codec": codec.to_dict()}
+    base_args = getattr(merged, "init_args", None)
+    if base_args:
+        payload["network_kwargs"] = {**dict(base_args), **codec.network_kwargs()}
+    if settings:
+        payload["settings"] = dict(settings)
+    return _torch_save_atomic(payload, Path(path))
 
 
 class AdapterSaver:
@@ -114,11 +123,14 @@ class AdapterSaver:
         save_dir: output folder.
         base_info: what identifies the base (name, version, preset, file sha256), stored in ``extra``.
         adapter_name, merged_name: file names; ``merged_name=None`` skips the merged model.
+        settings: the base's training settings, stored with the merged model.
     """
 
     def __init__(self, network: nn.Module, codec, save_dir: str | os.PathLike, base_info: Mapping[str, Any] | None = None,
-                 adapter_name: str = "adapter.pt", merged_name: str | None = "model.pt") -> None:
+                 adapter_name: str = "adapter.pt", merged_name: str | None = "model.pt",
+                 settings: Mapping[str, Any] | None = None) -> None:
         self.network, self.codec, self.save_dir = network, codec, Path(save_dir)
+        self.settings = dict(settings) if settings else None
         self.base_info = dict(base_info or {})
         self.adapter_name, self.merged_name = adapter_name, merged_name
 
@@ -131,7 +143,7 @@ class AdapterSaver:
         out = {"adapter": save_adapter(self.network, self.save_dir / self.adapter_name,
                                        extra={"codec": self.codec.to_dict(), "base": self.base_info})}
         if self.merged_name:
-            out["merged"] = save_merged(self.network, self.codec, self.save_dir / self.merged_name)
+            out["merged"] = save_merged(self.network, self.codec, self.save_dir / self.merged_name, self.settings)
         logger.info("saved %s", {k: str(v) for k, v in out.items()})
         return out
 

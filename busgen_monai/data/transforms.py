@@ -8,7 +8,7 @@ Random transforms follow the TorchIO pattern: they only draw parameters and call
 
 A training pipeline (what the pretrain bundle's ``train#preprocessing`` lists, see :func:`bus_train_transforms`)::
 
-    LoadRGBImaged("image")                 # (3, H, W) float, 0..255, grey replicated to RGB
+    LoadUltrasoundImaged("image", channels=1)  # (1, H, W) float, 0..255 (grey B-mode; channels=3 for RGB)
     ScaleIntensityRanged("image", 0, 255, -1, 1)
     Resized("image", load_size, size_mode="longest")    # shrink once; boxes are normalised, unchanged
     RandBoxSquareCropd("image", min_scale=0.6)           # random square that keeps every box
@@ -38,7 +38,7 @@ from monai.transforms import (
     SelectItemsd,
 )
 
-from busgen_monai.data.io import read_image_rgb
+from busgen_monai.data.io import read_image_gray, read_image_rgb
 from busgen_monai.networks.conditions import ConditionCodec, render_box_mask
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "flip_boxes_horizontal",
     "adjust_intensity",
     "LoadRGBImaged",
+    "LoadUltrasoundImaged",
     "BoxSquareCropd",
     "RandBoxSquareCropd",
     "BoxFlipd",
@@ -160,20 +161,37 @@ def adjust_intensity(
 
 
 # ---------------------------------------------------------------------------------------------- loading
-class LoadRGBImaged(MapTransform):
-    """Read image files (PNG/JPEG/TIFF/NIfTI frame via :func:`busgen_monai.data.io.read_image_rgb`) as
-    ``(3, H, W)`` float32 tensors with values 0..255 (grey replicated to three channels)."""
+class LoadUltrasoundImaged(MapTransform):
+    """Read image files (PNG/JPEG/TIFF/NIfTI frame via :mod:`busgen_monai.data.io`) as ``(C, H, W)`` float32 tensors
+    with values 0..255.
 
-    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+    ``channels=1`` (default, grey B-mode): colour files are converted with ITU-R 601 luma weights.
+    ``channels=3`` (RGB, e.g. colour Doppler): grey files are replicated to three channels.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", channels: int = 1, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        if int(channels) not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey B-mode) or 3 (RGB), got {channels} (key: image_channels)")
+        self.channels = int(channels)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            arr = read_image_rgb(d[key])
+            if self.channels == 1:
+                arr = read_image_gray(d[key])[None]
+            else:
+                arr = read_image_rgb(d[key]).transpose(2, 0, 1)
             d[f"{key}_path"] = str(d[key])
-            d[key] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+            d[key] = torch.from_numpy(np.ascontiguousarray(arr)).float()
         return d
+
+
+class LoadRGBImaged(LoadUltrasoundImaged):
+    """:class:`LoadUltrasoundImaged` with ``channels=3``: ``(3, H, W)`` float32, 0..255, grey replicated to RGB."""
+
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, channels=3, allow_missing_keys=allow_missing_keys)
 
 
 # ---------------------------------------------------------------------------------------------- crop
@@ -410,12 +428,13 @@ def bus_train_transforms(
     contrast: float = 0.2,
     use_birads: bool = True,
     keep_keys: Sequence[str] = ("image", "box_mask", "cond"),
+    image_channels: int = 1,
 ) -> Compose:
     """The pretrain bundle's preprocessing as a :class:`monai.transforms.Compose` (``augment=False``: the centred
     square crop, no flip, no jitter; for validation)."""
     load_size = int(load_size or 2 * image_size)
     xforms: list = [
-        LoadRGBImaged("image"),
+        LoadUltrasoundImaged("image", channels=image_channels),
         ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=-1.0, b_max=1.0, clip=True),
         Resized("image", spatial_size=load_size, size_mode="longest", mode="area"),
     ]

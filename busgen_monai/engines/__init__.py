@@ -6,7 +6,9 @@ from .handlers import (
     DiffusionValidationLossHandler,
     EMAHandler,
     GradientClipHandler,
+    NetworkArgsRecord,
     ProgressBarHandler,
+    SettingsRecord,
     ResumeCheckpointLoader,
     SampleGridHandler,
     TrainerCheckpointSaver,
@@ -16,14 +18,19 @@ from .handlers import (
     warmup_cosine_schedule,
 )
 from .prepare_batch import DROP_MODES, ConditionalDiffusionPrepareBatch
+from .losses import LOSS_WEIGHTINGS, DiffusionLoss
 
 __all__ = [
     "DROP_MODES",
     "ConditionalDiffusionPrepareBatch",
+    "DiffusionLoss",
+    "LOSS_WEIGHTINGS",
     "DiffusionValidationLossHandler",
     "EMAHandler",
     "GradientClipHandler",
+    "NetworkArgsRecord",
     "ProgressBarHandler",
+    "SettingsRecord",
     "ResumeCheckpointLoader",
     "SampleGridHandler",
     "TrainerCheckpointSaver",

@@ -14,11 +14,14 @@
   ``CheckpointLoader`` that also save/restore the engine they are attached to (iteration and epoch counters), so a
   bundle config lists them in ``train_handlers`` without a trainer <-> handler reference cycle; the loader is a no-op
   when there is nothing to resume.
+- :class:`NetworkArgsRecord`: checkpoint entry with the network's constructor arguments (``network_kwargs``);
+  :class:`SettingsRecord`: the training settings (``settings``: image size, schedule, guidance).
 - :func:`warmup_cosine_schedule`, :func:`latest_checkpoint`, :func:`unwrap_network`, :func:`first_batch`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -45,6 +48,8 @@ __all__ = [
     "DiffusionValidationLossHandler",
     "SampleGridHandler",
     "ProgressBarHandler",
+    "NetworkArgsRecord",
+    "SettingsRecord",
     "TrainerCheckpointSaver",
     "ResumeCheckpointLoader",
     "warmup_cosine_schedule",
@@ -314,7 +319,7 @@ class SampleGridHandler:
         seed: int = 0,
         ema: EMAHandler | None = None,
         summary_writer: Any = None,
-        image_channels: int = 3,
+        image_channels: int | None = None,
     ) -> None:
         self.network = network
         self.codec = codec
@@ -334,7 +339,9 @@ class SampleGridHandler:
         self.seed = int(seed)
         self.ema = ema
         self.summary_writer = summary_writer
-        self.image_channels = int(image_channels)
+        # default: the network's (1 for every grey B-mode preset)
+        self.image_channels = int(image_channels if image_channels is not None
+                                  else getattr(unwrap_network(network), "image_channels", 1))
         self.last_path: Path | None = None
 
     def conditions(self) -> tuple[torch.Tensor, list[str]]:
@@ -498,6 +505,57 @@ class _EngineRef:
         if self.engine is None:
             raise RuntimeError("checkpoint handler is not attached to an engine")
         self.engine.load_state_dict(state_dict)
+
+
+class NetworkArgsRecord:
+    """Checkpoint entry holding the network's full constructor arguments (``network.init_args``: preset plus every
+    override), saved as ``network_kwargs`` so whatever loads the checkpoint rebuilds exactly the trained network.
+
+    On resume, ``load_state_dict`` refuses a checkpoint trained with different network arguments (naming the keys
+    that differ) instead of failing later with a tensor size mismatch.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    def state_dict(self) -> dict[str, Any]:
+        net = unwrap_network(self.network)
+        args = getattr(net, "init_args", None)
+        if args is None:
+            raise TypeError(f"{type(net).__name__} has no init_args; only busgen networks record their arguments")
+        return copy.deepcopy(dict(args))
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        current = self.state_dict()
+        differ = sorted(k for k in set(current) | set(state_dict) if current.get(k) != state_dict.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: checkpoint {state_dict.get(k)!r} vs config {current.get(k)!r}" for k in differ)
+            raise ValueError(f"the checkpoint to resume from was trained with other network arguments ({detail}); "
+                             "use the same settings, or a new output_dir / --resume false to start over")
+
+
+class SettingsRecord:
+    """Checkpoint entry holding the training settings (the preset as actually trained, see
+    :func:`busgen_monai.presets.trained_settings`), saved as ``settings``: image size, channels, noise schedule,
+    guidance weight, so a sampler rebuilds the whole generator from the checkpoint alone.
+
+    On resume, a checkpoint trained at another image size, channel count or noise schedule is refused.
+    """
+
+    _MUST_MATCH = ("image_size", "image_channels", "num_train_timesteps", "beta_start", "beta_end")
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = copy.deepcopy(dict(settings))
+
+    def state_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.settings)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        differ = [k for k in self._MUST_MATCH if k in state_dict and state_dict[k] != self.settings.get(k)]
+        if differ:
+            detail = ", ".join(f"{k}: checkpoint {state_dict[k]!r} vs config {self.settings.get(k)!r}" for k in differ)
+            raise ValueError(f"the checkpoint to resume from was trained with other settings ({detail}); "
+                             "use the same settings, or a new output_dir / --resume false to start over")
 
 
 class TrainerCheckpointSaver(CheckpointSaver):

@@ -76,6 +76,7 @@ class ConditionalDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.drop_mode = drop_mode
         self.drop_probs = {k: float(probs.get(k, drop_prob)) for k in CONDITION_KEYS}
         self.generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        self.last_timesteps: torch.Tensor | None = None  # read by busgen_monai.engines.DiffusionLoss (SNR weighting)
         self.reset_counters()
 
     # ------------------------------------------------------------------ dropout bookkeeping
@@ -143,5 +144,6 @@ class ConditionalDiffusionPrepareBatch(DiffusionPrepareBatch):
             cond = cond[:, None]
         cond = drop_conditions(cond, self.draw_drop_mask(images.shape[0]))
         cond = cond.to(device, non_blocking=non_blocking, **kwargs)
+        self.last_timesteps = timesteps
         infer_kwargs = {"noise": noise, "timesteps": timesteps, "condition": cond, "mode": "crossattn"}
         return images, target, (), infer_kwargs

@@ -3,7 +3,16 @@
 from .box_prior import BoxPrior, box_features, features_to_boxes
 from .generate import GenerationResult, file_sha256, generate_dataset, item_seed, plan_conditions, run_generation
 from .guided import GuidedDiffusionInferer, classifier_free_guidance, null_like
-from .loading import export_generator, generator_state, load_generator, read_checkpoint, resolve_checkpoint
+from .loading import (
+    default_generator,
+    export_generator,
+    generator_settings,
+    generator_state,
+    load_generator,
+    network_kwargs_of,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 
 __all__ = [
     "BoxPrior",
@@ -11,13 +20,16 @@ __all__ = [
     "GuidedDiffusionInferer",
     "box_features",
     "classifier_free_guidance",
+    "default_generator",
     "export_generator",
     "features_to_boxes",
     "file_sha256",
     "generate_dataset",
+    "generator_settings",
     "generator_state",
     "item_seed",
     "load_generator",
+    "network_kwargs_of",
     "null_like",
     "plan_conditions",
     "read_checkpoint",

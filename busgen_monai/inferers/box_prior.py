@@ -131,6 +131,16 @@ class BoxPrior:
         return self._kde(pathology).score_samples(z)
 
     # ---------------------------------------------------------------------------------------------- io
+    def resampled(self, n: int = 500, seed: int = 0) -> BoxPrior:
+        """A prior fitted on ``n`` boxes per pathology drawn from this one: the same distribution (up to one more
+        kernel smoothing) without storing any training box, for priors shipped with a model."""
+        rng = np.random.default_rng(seed)
+        items = []
+        for p in self.pathologies:
+            for b in self.sample(p, int(n), seed=rng):
+                items.append({"pathology": p, "boxes": [list(map(float, b))]})
+        return type(self)(self.max_points, self.bandwidth_scale).fit(items, seed=seed)
+
     def to_dict(self) -> dict:
         return {
             "type": "busgen_monai.inferers.BoxPrior",

@@ -29,8 +29,16 @@ import torch
 
 from ..data.schema import SCHEMA_VERSION, atomic_write_text, make_datalist, save_datalist
 from .box_prior import BoxPrior
+from ..utils.io import file_sha256  # noqa: F401 - re-exported
 
-__all__ = ["plan_conditions", "generate_dataset", "run_generation", "file_sha256", "GenerationResult", "item_seed"]
+__all__ = [
+    "plan_conditions", "device_weights_from", "generate_dataset", "run_generation", "file_sha256", "GenerationResult",
+    "item_seed", "GenerationSettingsError",
+]
+
+
+class GenerationSettingsError(ValueError):
+    """An output folder holds a generation run with other settings (resume refused; ``force=True`` starts over)."""
 
 
 def item_seed(seed: int, index: int) -> int:
@@ -38,12 +46,20 @@ def item_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") >> 1
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def device_weights_from(data: Mapping | None, devices: Sequence[str]) -> list[float]:
+    """Training-split device counts of a datalist for ``devices`` (the mix the default plan follows); a device the
+    training split lacks gets weight 0 only if some other device has images, else every device gets 1."""
+    from ..data.schema import iter_items
+
+    counts = dict.fromkeys(devices, 0)
+    if data is not None:
+        items = [it for split, _, it in iter_items(data) if split == "training"] or \
+            [it for _, _, it in iter_items(data)]
+        for it in items:
+            if it.get("device") in counts:
+                counts[it["device"]] += 1
+    total = sum(counts.values())
+    return [float(counts[d]) if total else 1.0 for d in devices]
 
 
 def plan_conditions(
@@ -54,20 +70,38 @@ def plan_conditions(
     box_prior: BoxPrior | None = None,
     boxes: Sequence[Sequence[Sequence[float]]] | None = None,
     boxes_per_image: int = 1,
+    device_weights: Sequence[float] | None = None,
 ) -> list[dict]:
-    """Category-balanced conditions for items ``0..n-1``: item ``i`` gets cell ``i mod |grid|`` of the
-    pathology x device grid and boxes drawn from the pathology's prior with the item's own seed (or the given
-    ``boxes[i]``). ``normal`` (or any pathology the prior does not know) gets no box."""
+    """Conditions for items ``0..n-1``, balanced on pathology and following a device mix.
+
+    Item ``i`` gets pathology ``pathologies[i mod P]`` (class-balanced). Within each pathology, devices follow
+    ``device_weights`` (default: equal) by a smooth weighted round-robin: the ``k``-th item of a pathology gets the
+    device whose count lags its share ``k * w_d / sum(w)`` most, so every prefix of the plan matches the mix as
+    closely as whole items allow (a device with 2 % of the training images makes ~2 % of the set, not ``1/D``).
+    Boxes are drawn from the pathology's prior with the item's own seed (or the given ``boxes[i]``); ``normal``
+    (or any pathology the prior does not know) gets no box. The plan is prefix-stable: the first ``m`` items of a
+    plan for ``n > m`` are the plan for ``m``.
+    """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if not pathologies or not devices:
         raise ValueError("plan_conditions needs at least one pathology and one device")
     if boxes is not None and len(boxes) < n:
         raise ValueError(f"{len(boxes)} boxes given for {n} items")
-    grid = [(p, d) for p in pathologies for d in devices]
+    weights = np.ones(len(devices)) if device_weights is None else np.asarray(device_weights, dtype=np.float64)
+    if weights.shape != (len(devices),) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"device_weights must be {len(devices)} non-negative numbers, not all zero; got "
+                         f"{list(device_weights or [])}")
+    share = weights / weights.sum()
+    counts = {p: np.zeros(len(devices)) for p in pathologies}
     plan = []
     for i in range(n):
-        pathology, device = grid[i % len(grid)]
+        pathology = pathologies[i % len(pathologies)]
+        c = counts[pathology]
+        lag = (c.sum() + 1) * share - c
+        d = int(np.argmax(lag))  # ties -> the first device, deterministic
+        c[d] += 1
+        device = devices[d]
         if boxes is not None:
             item_boxes = [list(map(float, b)) for b in boxes[i]]
         elif box_prior is not None and pathology in box_prior.pathologies:
@@ -94,6 +128,14 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
     return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
+def _read_generated(path: Path) -> np.ndarray:
+    """A generated PNG as written: ``(H, W)`` grey or ``(H, W, 3)`` RGB (no conversion)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
 def _write_png_atomic(arr: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -110,7 +152,7 @@ def generate_dataset(
     plan: Sequence[Mapping],
     *,
     image_size: Sequence[int],
-    image_channels: int = 3,
+    image_channels: int | None = None,
     seed: int = 0,
     chunk_size: int = 8,
     rank: int = 0,
@@ -121,8 +163,15 @@ def generate_dataset(
     merge: bool = True,
     grid_size: int = 32,
     device: str | torch.device = "cpu",
+    force: bool = False,
 ) -> GenerationResult:
     """Generate the planned items into ``out_dir`` (this rank's chunks), then (rank 0) merge the datalist.
+
+    Resuming: ``run.json`` records the run's settings (seed, chunk size, image size and channels, and the
+    provenance: model sha256, sampler, steps, guidance...). A folder written with other settings, or whose items
+    carry other conditions than this plan, is refused with :class:`GenerationSettingsError` naming what differs
+    (``force=True`` deletes its images and starts over); only the count may change: a larger one generates the
+    missing items, a smaller one removes the items past it.
 
     Args:
         network: the conditional diffusion network (eval mode is set here).
@@ -131,7 +180,7 @@ def generate_dataset(
         out_dir: output folder (``images/``, ``items/``, ``datalist.json``, ``rejects.json``, ``sample_grid.png``).
         plan: from :func:`plan_conditions`.
         image_size: ``(H, W)``.
-        image_channels: channels of the generated images (3 = RGB).
+        image_channels: channels of the generated images (default: the network's; 1 = grey B-mode, 3 = RGB).
         seed: run seed (noise of item ``i`` is seeded by ``item_seed(seed, i)``).
         chunk_size: items per sampler batch; part of the run's identity (keep it fixed when resuming).
         rank, world_size: this process's shard.
@@ -141,18 +190,24 @@ def generate_dataset(
         merge: merge after generating (rank 0 only; call again with ``merge=True`` after a barrier otherwise).
         grid_size: images in the sample grid.
         device: torch device.
+        force: start over in a folder that holds a run with other settings (its images are deleted).
     """
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "items").mkdir(parents=True, exist_ok=True)
     n = len(plan)
     n_chunks = (n + chunk_size - 1) // chunk_size
     mine = [c for c in range(n_chunks) if c % world_size == rank]
     network = network.to(device).eval()
+    if image_channels is None:
+        image_channels = int(getattr(network, "image_channels", 1))
     provenance = dict(provenance or {})
-    atomic_write_text(out / "run.json", json.dumps({"n": n, "seed": seed, "chunk_size": chunk_size,
-                                                    "image_size": list(image_size), "provenance": provenance},
-                                                   indent=1)) if rank == 0 else None
+    settings = json.loads(json.dumps({"seed": int(seed), "chunk_size": int(chunk_size),
+                                      "image_size": [int(v) for v in image_size], "image_channels": int(image_channels),
+                                      "provenance": provenance}, default=str))
+    _check_resume(out, settings, plan, force=force, may_write=(rank == 0))
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "items").mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        atomic_write_text(out / "run.json", json.dumps({"n": n, **settings}, indent=1))
 
     def done(i: int) -> bool:
         return (out / "items" / f"gen_{i:07d}.json").is_file()
@@ -203,6 +258,58 @@ def generate_dataset(
     return result
 
 
+_CONDITION_KEYS = ("pathology", "device", "boxes")
+_RUN_OUTPUTS = ("datalist.json", "rejects.json", "sample_grid.png")
+
+
+def _check_resume(out: Path, settings: Mapping[str, Any], plan: Sequence[Mapping], force: bool, may_write: bool) -> None:
+    """Refuse to resume into a folder written with other settings or conditions; drop items past the count."""
+    run_file = out / "run.json"
+    if not run_file.is_file():
+        return
+    try:
+        old = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        old = {}
+    differ = sorted(k for k in set(settings) | (set(old) - {"n"}) if old.get(k) != settings.get(k))
+    if "provenance" in differ:
+        oldp, newp = old.get("provenance") or {}, settings["provenance"]
+        differ.remove("provenance")
+        differ += sorted(f"provenance.{k}" for k in set(oldp) | set(newp) if oldp.get(k) != newp.get(k))
+    items_dir = out / "items"
+    stale = []
+    if not differ and items_dir.is_dir():
+        for f in sorted(items_dir.glob("gen_*.json")):
+            try:
+                i = int(f.stem[4:])
+                rec = json.loads(f.read_text())
+            except (ValueError, OSError):
+                continue
+            if i >= len(plan):
+                stale.append(i)
+            elif any(rec.get(k) != plan[i].get(k) for k in _CONDITION_KEYS):
+                differ.append(f"conditions of item {i} (pathology/device/boxes: another datalist, box prior or "
+                              "condition list)")
+                break
+    if differ:
+        if not force:
+            raise GenerationSettingsError(
+                f"{out} holds a generation run with other settings ({', '.join(differ)}); resuming would mix two "
+                "runs. Use another output folder, or --force true (force=True) to delete its images and start over")
+        if may_write:
+            import shutil
+
+            for sub in ("images", "items"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+            for name in _RUN_OUTPUTS:
+                (out / name).unlink(missing_ok=True)
+        return
+    if stale and may_write:  # the count shrank: items past it go, so the folder holds exactly this run
+        for i in stale:
+            (items_dir / f"gen_{i:07d}.json").unlink(missing_ok=True)
+            (out / "images" / f"gen_{i:07d}.png").unlink(missing_ok=True)
+
+
 def _merge(out: Path, n: int, filters: Sequence[Any], grid_size: int, result: GenerationResult) -> GenerationResult:
     missing = [i for i in range(n) if not (out / "items" / f"gen_{i:07d}.json").is_file()]
     if missing:
@@ -217,11 +324,10 @@ def _merge(out: Path, n: int, filters: Sequence[Any], grid_size: int, result: Ge
     data["schema_version"] = SCHEMA_VERSION
     path = save_datalist(data, out / "datalist.json")
     atomic_write_text(out / "rejects.json", json.dumps(rejected, indent=1))
-    from ..data.io import read_image_rgb
     from ..visualize import save_image_grid
 
     show = items[:grid_size]
-    save_image_grid([read_image_rgb(out / it["image"]) for it in show], out / "sample_grid.png",
+    save_image_grid([_read_generated(out / it["image"]) for it in show], out / "sample_grid.png",
                     labels=[f"{it['pathology']} / {it['device']}" for it in show],
                     boxes=[it["boxes"] for it in show], title="generated (conditioning boxes in yellow)")
     return GenerationResult(path, result.generated, result.skipped_chunks, len(kept), len(rejected))
@@ -246,17 +352,25 @@ def run_generation(
     guards: Sequence[Any] = (),
     filters: Sequence[Any] = (),
     chunk_size: int = 8,
-    image_channels: int = 3,
+    image_channels: int | None = None,
     provenance: Mapping[str, Any] | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    device_mix: str = "data",
+    device_weights: Sequence[float] | None = None,
+    boxes: Sequence[Sequence[float]] | None = None,
+    force: bool = False,
 ) -> GenerationResult:
     """Everything the sampling bundle does, in one call (used by ``bundles/busgen_sample/configs/inference.json``).
 
     The box prior is loaded from ``box_prior`` (a JSON file or object), else fitted on the training split of
-    ``datalist`` and saved as ``OUT/box_prior.json``. The condition grid is ``pathologies`` x ``devices``
-    (default: the codec's pathologies and the datalist's devices). Under ``torch.distributed`` each rank generates
-    its chunks and rank 0 merges after a barrier.
+    ``datalist`` and saved as ``OUT/box_prior.json``. Conditions (:func:`plan_conditions`): class-balanced over
+    ``pathologies`` (default: the codec's); devices (default: the datalist's) follow ``device_mix``: ``"data"``
+    (default) the training split's device counts, ``"uniform"`` equal shares; an explicit ``devices`` list is
+    always uniform, unless ``device_weights`` (one per device) are given. ``boxes``: the same lesion boxes
+    (normalised ``[x1, y1, x2, y2]`` each) for every image instead of the prior. ``image_channels`` defaults to the
+    network's. Under ``torch.distributed`` each rank generates
+    its chunks and rank 0 merges after a barrier. ``force``: see :func:`generate_dataset` (resume checks).
     """
     from ..data.schema import iter_items, load_datalist
     from .guided import GuidedDiffusionInferer
@@ -273,18 +387,38 @@ def run_generation(
     elif data is not None:
         prior = BoxPrior().fit([it for split, _, it in iter_items(data) if split == "training"] or
                                [it for _, _, it in iter_items(data)], seed=seed)
+    elif boxes is not None:
+        prior = None
     else:
-        raise ValueError("run_generation needs a box prior (box_prior=...) or a datalist to fit one on")
-    if int(os.environ.get("RANK", "0")) == 0:
+        raise ValueError("run_generation needs a box prior (box_prior=...), a datalist to fit one on, or boxes")
+    if prior is not None and int(os.environ.get("RANK", "0")) == 0:
         prior.save(out / "box_prior.json")
     pathologies = list(pathologies or codec.pathologies)
+    if device_mix not in ("data", "uniform"):
+        raise ValueError(f"device_mix must be 'data' or 'uniform', got {device_mix!r} (key: device_mix)")
+    weights = None
     if devices is None:
         devices = (data or {}).get("devices") or []
         devices = [d for d in devices if d not in ("unknown", "null")]
         if not devices:
             raise ValueError("no devices to generate for: give `devices` or a datalist that lists its devices")
+        if device_mix == "data" and device_weights is None:
+            weights = device_weights_from(data, devices)
+    if device_weights is not None:
+        weights = [float(w) for w in device_weights]
+    if image_channels is None:
+        image_channels = int(getattr(network, "image_channels", 1))
     size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    plan = plan_conditions(num_images, pathologies, list(devices), seed=seed, box_prior=prior)
+    fixed = None
+    if boxes is not None:
+        one = [[float(v) for v in b] for b in boxes]
+        bad = [b for b in one if len(b) != 4 or not (0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1)]
+        if bad:
+            raise ValueError(f"boxes must be [x1, y1, x2, y2] with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1; got {bad}"
+                             " (key: boxes / --box)")
+        fixed = [one] * num_images
+    plan = plan_conditions(num_images, pathologies, list(devices), seed=seed, box_prior=prior,
+                           device_weights=weights, boxes=fixed)
     scheduler.set_timesteps(num_inference_steps)
     inferer = GuidedDiffusionInferer(scheduler, guidance_scale=guidance_w, batched_cfg=batched_cfg, guards=guards)
     rank, world = 0, 1
@@ -295,7 +429,7 @@ def run_generation(
             **(provenance or {})}
     result = generate_dataset(network, codec, inferer, out, plan, image_size=size, image_channels=image_channels,
                               seed=seed, chunk_size=chunk_size, rank=rank, world_size=world, filters=filters,
-                              provenance=prov, progress=progress, merge=(world == 1), device=device)
+                              provenance=prov, progress=progress, merge=(world == 1), device=device, force=force)
     if world > 1:
         dist.barrier()
         if rank == 0:

@@ -3,20 +3,39 @@
 A pretraining checkpoint (``bundles/busgen_pretrain``) is a dict with ``network``, ``ema`` (an
 :class:`torch.optim.swa_utils.AveragedModel` state: ``module.*`` weights and ``n_averaged``), ``codec``,
 ``optimizer``... An exported model file (``models/model.pt`` of a packaged bundle) holds ``network`` and ``codec``
-only. :func:`load_generator` reads either, prefers the EMA weights when the checkpoint has them, and builds the
-network from a preset (plus overrides) with the embedding-table sizes of the saved codec.
+only. Both carry ``network_kwargs``, the network's full constructor arguments, so :func:`load_generator` rebuilds
+exactly the trained network (old files without them fall back to a preset, with a warning). It reads either file
+with ``weights_only=True`` and prefers the EMA weights when the checkpoint has them.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["read_checkpoint", "generator_state", "load_generator", "export_generator", "resolve_checkpoint"]
+__all__ = [
+    "read_checkpoint", "generator_state", "network_kwargs_of", "generator_settings", "load_generator",
+    "export_generator", "resolve_checkpoint", "default_generator",
+]
+
+
+def default_generator() -> Path:
+    """The generator the project ships: ``bundles/busgen_sample/models/model.pt``, trained on the BUS-BRA training
+    split at 64 px (``cpu`` preset; model card: ``docs/model_card.md``). The default of ``busgen sample``, of the
+    sample bundle and of the adapt bundle's base."""
+    from ..plugins import builtin_bundles
+
+    bundle = builtin_bundles().get("busgen_sample")
+    path = bundle / "models" / "model.pt" if bundle else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError("the shipped generator (bundles/busgen_sample/models/model.pt) is not installed; "
+                                "pass a checkpoint of your own (--checkpoint PATH)")
+    return path
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -35,11 +54,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a generator checkpoint or model file with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, so a shared file can never run code while it loads."""
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        raise ValueError(f"cannot read checkpoint {path} (weights-only loading: tensors and plain containers; "
+                         f"a file holding pickled objects is refused): {str(err).splitlines()[0]}") from err
     if not isinstance(state, Mapping) or "network" not in state or "codec" not in state:
         keys = list(state) if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{path} is not a busgen generator checkpoint (needs 'network' and 'codec'; has {keys})")
@@ -54,42 +76,130 @@ def generator_state(state: Mapping[str, Any], use_ema: bool = True) -> dict[str,
     return dict(state["network"])
 
 
+def _infer_image_channels(weights: Mapping[str, torch.Tensor]) -> int | None:
+    """Image channels of a ConditionalDiffusionUNet state dict (its output convolution's out-channels)."""
+    for key in ("out.2.conv.weight", "out.2.weight"):
+        if key in weights:
+            return int(weights[key].shape[0])
+    return None
+
+
+def network_kwargs_of(state: Mapping[str, Any], preset: str | Mapping[str, Any] | None = None,
+                      source: str = "checkpoint", **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments of the network a checkpoint holds.
+
+    New checkpoints carry them (``network_kwargs``: preset plus every override used in training), and they win.
+    An old checkpoint without them falls back to ``preset`` (with a warning), the saved codec's table sizes and the
+    channel count read from the weights. ``overrides`` are applied last (for experiments; normally empty).
+    """
+    from ..networks import ConditionCodec
+    from ..presets import get_preset, network_kwargs
+
+    saved = state.get("network_kwargs")
+    if saved:
+        return {**dict(saved), **overrides}
+    if preset is None:
+        raise ValueError(f"{source} has no network_kwargs (trained before they were saved); pass the preset it was "
+                         "trained with (e.g. preset='tiny' / --preset_name tiny)")
+    warnings.warn(f"{source} has no network_kwargs (an old checkpoint); rebuilding the network from preset "
+                  f"{preset if isinstance(preset, str) else preset.get('name')!r} - retrain or re-export to embed them",
+                  stacklevel=3)
+    preset = get_preset(preset) if isinstance(preset, str) else dict(preset)
+    codec = ConditionCodec.from_dict(state["codec"])
+    args = {"spatial_dims": 2, **network_kwargs(preset), **codec.network_kwargs()}
+    channels = _infer_image_channels(generator_state(state, use_ema=False))
+    if channels is not None:
+        args["image_channels"] = channels
+    return {**args, **overrides}
+
+
+def generator_settings(checkpoint: str | os.PathLike | Mapping[str, Any],
+                       preset: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings a generator was trained with (image size, channels, noise schedule, guidance weight, ...).
+
+    New checkpoints and model files carry them (``settings``, see :func:`busgen_monai.presets.trained_settings`) and
+    they win: a sampler needs no preset. ``preset`` (a name or dict) is the fallback for old files without them
+    (with a warning); with neither, the error names the option to pass. Returns a preset-like dict, so configs read
+    ``@preset['image_size']`` either way.
+    """
+    from ..presets import SAMPLING_KEYS, get_preset
+
+    state = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    source = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    saved = state.get("settings")
+    if saved:
+        missing = [k for k in SAMPLING_KEYS if k not in saved]
+        if missing:
+            raise ValueError(f"{source}: its settings lack {missing}; re-export it with busgen_monai.inferers."
+                             "export_generator(..., settings=...)")
+        return dict(saved)
+    if preset is None:
+        raise ValueError(f"{source} has no saved settings (trained before they were saved); pass the preset it was "
+                         "trained with (--preset_name tiny)")
+    warnings.warn(f"{source} has no saved settings (an old checkpoint); using preset "
+                  f"{preset if isinstance(preset, str) else preset.get('name')!r}", stacklevel=2)
+    out = get_preset(preset) if isinstance(preset, str) else dict(preset)
+    channels = _infer_image_channels(generator_state(state, use_ema=False))
+    if channels is not None:
+        out["image_channels"] = channels
+    return out
+
+
 def load_generator(
     checkpoint: str | os.PathLike,
-    preset: str | Mapping[str, Any] = "tiny",
+    preset: str | Mapping[str, Any] | None = None,
     use_ema: bool = True,
     device: str | torch.device = "cpu",
     **network_overrides: Any,
 ):
-    """Build the preset's network with the checkpoint's codec and load its weights. Returns ``(network, codec)``."""
-    from ..networks import ConditionCodec
-    from ..presets import build_network
+    """Rebuild the trained network from the arguments saved with it and load its weights. Returns
+    ``(network, codec)``.
 
-    state = read_checkpoint(checkpoint)
+    ``preset`` is only consulted for old checkpoints that carry no ``network_kwargs`` (see :func:`network_kwargs_of`).
+    """
+    from ..networks import ConditionalDiffusionUNet, ConditionCodec
+
+    path = resolve_checkpoint(checkpoint)
+    state = read_checkpoint(path)
     codec = ConditionCodec.from_dict(state["codec"])
-    saved_kwargs = state.get("network_kwargs") or {}
-    network = build_network(dict(preset) if isinstance(preset, Mapping) else preset, codec,
-                            **{**saved_kwargs, **network_overrides})
+    kwargs = network_kwargs_of(state, preset, source=str(path), **network_overrides)
+    try:
+        network = ConditionalDiffusionUNet(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{path}: its network_kwargs do not build a ConditionalDiffusionUNet: {err}") from err
     weights = generator_state(state, use_ema)
     try:
         network.load_state_dict(weights)
     except RuntimeError as err:
-        raise ValueError(
-            f"checkpoint {checkpoint} does not fit preset {preset if isinstance(preset, str) else preset.get('name')!r}"
-            f" (train and sample with the same preset and network options): {str(err).splitlines()[0]}") from err
+        hint = ("drop the network overrides" if network_overrides else
+                "the checkpoint's network_kwargs and weights disagree" if state.get("network_kwargs") else
+                "train and sample with the same preset and network options")
+        raise ValueError(f"checkpoint {path} does not fit the network rebuilt for it ({hint}): "
+                         f"{str(err).splitlines()[0]}") from err
     return network.to(device).eval(), codec
 
 
 def export_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                     network_kwargs: Mapping[str, Any] | None = None) -> Path:
-    """Write a small model file (weights to sample with + codec [+ network kwargs]) for packaging/sharing."""
+                     network_kwargs: Mapping[str, Any] | None = None, preset: str | Mapping[str, Any] | None = None,
+                     dtype: torch.dtype | str | None = None, settings: Mapping[str, Any] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a small model file (weights to sample with + codec + network kwargs + settings) for packaging/sharing.
+
+    ``network_kwargs`` and ``settings`` default to the checkpoint's own (``preset`` is the fallback for old
+    checkpoints); ``dtype="float16"`` halves the file (floating-point weights only; :func:`load_generator` casts back
+    to float32). ``extra``: further plain-JSON entries (e.g. ``provenance``). The file loads with
+    ``torch.load(weights_only=True)``.
+    """
+    from ..utils.io import atomic_torch_save
+
     state = read_checkpoint(checkpoint)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"network": generator_state(state, use_ema), "codec": state["codec"]}
-    if network_kwargs or state.get("network_kwargs"):
-        payload["network_kwargs"] = dict(network_kwargs or state["network_kwargs"])
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, out)
-    return out
+    kwargs = dict(network_kwargs) if network_kwargs else network_kwargs_of(state, preset, source=str(checkpoint))
+    weights = generator_state(state, use_ema)
+    if dtype is not None:
+        dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        weights = {k: v.to(dt) if v.is_floating_point() else v for k, v in weights.items()}
+    payload = {"network": weights, "codec": state["codec"], "network_kwargs": kwargs,
+               "settings": dict(settings) if settings else generator_settings(state, preset)}
+    if extra:
+        payload.update({k: v for k, v in extra.items() if k not in payload})
+    return atomic_torch_save(payload, out)

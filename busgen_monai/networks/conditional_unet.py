@@ -49,6 +49,13 @@ __all__ = [
 
 BOX_CONDITION_MODES = ("mask", "fourier", "both", "none")
 CONDITION_INJECTION_MODES = ("project", "add")
+_INIT_ARG_NAMES = (
+    "spatial_dims", "image_channels", "channels", "num_res_blocks", "attention_levels", "norm_num_groups", "norm_eps",
+    "resblock_updown", "num_head_channels", "transformer_num_layers", "upcast_attention", "include_fc",
+    "use_combined_linear", "use_flash_attention", "dropout", "num_pathology_embeds", "num_device_embeds",
+    "num_birads_embeds", "conditions", "box_condition", "num_box_freqs", "condition_embed_dim", "condition_injection",
+    "cross_attention",
+)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -165,12 +172,25 @@ class _InputDropout:
         return (nn.functional.dropout(args[0], self.p, module.training), *args[1:])
 
 
+def _json_safe(value):
+    """Constructor arguments as plain JSON types (tuples -> lists), so they can travel inside a checkpoint that
+    loads with ``torch.load(weights_only=True)`` and inside a bundle's JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"network argument of type {type(value).__name__} cannot be saved with the weights: {value!r}")
+
+
 class ConditionalDiffusionUNet(DiffusionModelUNet):
     """Class/device/box/BI-RADS-conditional :class:`~monai.networks.nets.DiffusionModelUNet` (BUSGen's generator).
 
     Args:
         spatial_dims: number of spatial dimensions (2 for ultrasound frames).
-        image_channels: image channels (3: RGB, grey replicated); also the number of output channels (epsilon).
+        image_channels: image channels (1: grey B-mode, the default of every preset; 3: RGB, e.g. colour
+            Doppler); also the number of output channels (epsilon).
         channels, num_res_blocks, attention_levels, norm_num_groups, norm_eps, resblock_updown, num_head_channels,
         transformer_num_layers, upcast_attention, include_fc, use_combined_linear, use_flash_attention:
             as in :class:`~monai.networks.nets.DiffusionModelUNet`.
@@ -186,12 +206,15 @@ class ConditionalDiffusionUNet(DiffusionModelUNet):
 
     Shapes: ``x`` ``(B, image_channels, H, W)``, ``timesteps`` ``(B,)`` or ``(1,)``, conditions ``(B, 1, K)``;
     returns ``(B, image_channels, H, W)``.
+
+    ``init_args`` holds every constructor argument as plain JSON types; training saves it in each checkpoint
+    (``network_kwargs``) so :func:`busgen_monai.inferers.load_generator` rebuilds exactly the trained network.
     """
 
     def __init__(
         self,
         spatial_dims: int = 2,
-        image_channels: int = 3,
+        image_channels: int = 1,
         channels: Sequence[int] = (128, 256, 256, 256),
         num_res_blocks: Sequence[int] | int = 2,
         attention_levels: Sequence[bool] = (False, True, True, True),
@@ -223,6 +246,7 @@ class ConditionalDiffusionUNet(DiffusionModelUNet):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        init_args = {k: v for k, v in locals().items() if k in _INIT_ARG_NAMES}
         embed_dim = int(condition_embed_dim or channels[0])
         self.image_channels = int(image_channels)
         self.box_mask_channel = box_condition in ("mask", "both")
@@ -246,6 +270,7 @@ class ConditionalDiffusionUNet(DiffusionModelUNet):
             use_combined_linear=use_combined_linear,
             use_flash_attention=use_flash_attention,
         )
+        self.init_args = _json_safe(init_args)
         self.spatial_dims = spatial_dims
         self.box_condition = box_condition
         self.condition_injection = condition_injection

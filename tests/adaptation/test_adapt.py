@@ -92,17 +92,3 @@ def test_adapter_refuses_other_base(tmp_path):
     saved = AdapterSaver(net, codec, tmp_path / "m", merged_name=None).save()
     with pytest.raises(ValueError, match="adapter was trained on base model"):
         load_adapted_generator(other, saved["adapter"], "tiny")
-
-
-def test_adapt_demo_stage(tmp_path):
-    torch.set_num_threads(1)
-    from pathlib import Path
-
-    from busgen_monai.adaptation.demo import adapt_demo_stage
-    from busgen_monai.data.phantom import write_dataset
-
-    dl = write_dataset(tmp_path / "ph", n=24, size=(32, 32))
-    base = make_base(tmp_path / "base.pt")
-    res = adapt_demo_stage(dl, base, tmp_path / "stage", n_items=8, max_epochs=1, num_images=2)
-    for k in ("adapter", "merged", "samples", "sample_grid", "bundle_zip"):
-        assert Path(res[k]).is_file(), k

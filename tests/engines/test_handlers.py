@@ -35,7 +35,7 @@ def _tiny(codec=None):
 def _random_loader(codec, n=4, size=16):
     gen = torch.Generator().manual_seed(0)
     cond = codec.pack_names(["benign", "malignant"] * (n // 2), ["GE-LOGIQ-E9"] * n, boxes=[[[0.2, 0.2, 0.6, 0.6]]] * n)
-    return [{"image": torch.rand(n, 3, size, size, generator=gen) * 2 - 1, "cond": cond[:, 0]}] * 2
+    return [{"image": torch.rand(n, 1, size, size, generator=gen) * 2 - 1, "cond": cond[:, 0]}] * 2  # grey
 
 
 def test_gradient_clip_bounds_the_step_norm():
@@ -138,7 +138,7 @@ def test_sample_grid_is_deterministic_and_saved(tmp_path):
     cond, labels = handler.conditions()
     assert cond.shape[0] == 6 and labels[0] == "benign / GE-LOGIQ-E9" and labels[-1] == "malignant / Mindray-M9"
     a, b = handler.sample(), handler.sample()
-    assert a.shape == (6, 3, 16, 16) and torch.equal(a, b)
+    assert a.shape == (6, 1, 16, 16) and torch.equal(a, b)  # the network's channel count: grey
     assert net.training  # restored after sampling
 
     class _State:

@@ -49,8 +49,9 @@ def _images(folder):
 
 def test_plan_is_balanced_and_deterministic():
     _, _, _, plan = _setup()
-    assert [p["pathology"] for p in plan[:4]] == ["benign", "benign", "malignant", "malignant"]
-    assert [p["device"] for p in plan[:4]] == ["PhantomMed-L7", "PhantomMed-C5"] * 2
+    # pathology alternates (class-balanced); within each pathology the devices take turns (equal weights here)
+    assert [p["pathology"] for p in plan[:4]] == ["benign", "malignant"] * 2
+    assert [p["device"] for p in plan[:4]] == ["PhantomMed-L7", "PhantomMed-L7", "PhantomMed-C5", "PhantomMed-C5"]
     again = _setup()[3]
     assert plan == again
     assert all(0 <= v <= 1 for p in plan for b in p["boxes"] for v in b)
@@ -84,7 +85,8 @@ def test_world_size_resume_and_merge(tmp_path):
         (one / "items" / f"gen_{i:07d}.json").unlink()
     (one / "images" / ".gen_0000006.png.tmp").write_bytes(b"partial")
     again = generate_dataset(net, codec, inferer, one, plan, image_size=(16, 16), image_channels=1, seed=4,
-                             chunk_size=4, progress=False)
+                             chunk_size=4, filters=[DropMalignantC5()], provenance={"model_sha256": "abc"},
+                             progress=False)
     assert again.skipped_chunks == 1 and again.generated == 9  # chunks 0, 1 (4 each), 3 (1) redone; chunk 2 skipped
     assert len(list((one / "items").glob("gen_*.json"))) == 13
     c = _images(one)

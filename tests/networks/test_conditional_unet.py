@@ -44,7 +44,7 @@ def _randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def _net(**kwargs) -> ConditionalDiffusionUNet:
     torch.manual_seed(0)
-    args = {**TINY, "num_device_embeds": 40, **kwargs}
+    args = {**TINY, "image_channels": 3, "num_device_embeds": 40, **kwargs}  # the RGB option (grey: tests below)
     return _randomize(ConditionalDiffusionUNet(**args))
 
 
@@ -188,7 +188,7 @@ def test_paper_preset_train_step_on_cpu_160px():
     torch.manual_seed(0)
     net = presets.build_network("paper", codec)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    x = torch.randn(1, 3, 160, 160)
+    x = torch.randn(1, 1, 160, 160)  # grey B-mode, the preset's default
     cond = codec.pack_names(["malignant"], ["GE-LOGIQ-E9"], boxes=[[[0.3, 0.3, 0.6, 0.5]]])
     t0 = time.perf_counter()
     pred = DiffusionInferer(presets.build_scheduler("paper"))(x, net, noise=torch.randn_like(x),
@@ -197,6 +197,23 @@ def test_paper_preset_train_step_on_cpu_160px():
     loss.backward()
     before = net.conv_in.conv.weight.detach().clone()
     opt.step()
-    assert pred.shape == (1, 3, 160, 160) and torch.isfinite(loss)
+    assert pred.shape == (1, 1, 160, 160) and torch.isfinite(loss)
     assert not torch.equal(before, net.conv_in.conv.weight)
     print(f"paper preset CPU step: {time.perf_counter() - t0:.1f} s")
+
+
+def test_grey_is_the_default_and_init_args_rebuild_the_network():
+    """Every preset trains on grey B-mode: one image channel in, one out (no colour channel that could drift); the
+    constructor arguments recorded on the network rebuild an identical network (they travel with the weights)."""
+    for name in presets.PRESET_NAMES:
+        assert presets.get_preset(name)["image_channels"] == 1, name
+    net = _net(image_channels=1)
+    assert net.in_channels == 2 and net.out_channels == 1  # grey image + box mask -> epsilon
+    out = net(torch.randn(2, 1, 16, 16), torch.tensor([3, 300]), context=_cond())
+    assert out.shape == (2, 1, 16, 16)
+    twin = ConditionalDiffusionUNet(**net.init_args)
+    twin.load_state_dict(net.state_dict())
+    assert twin.init_args == net.init_args and net.init_args["image_channels"] == 1
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([5, 5])
+    assert torch.equal(twin.eval()(x, t, context=_cond()), net(x, t, context=_cond()))

@@ -84,10 +84,11 @@ def check_export(ts_file: str | os.PathLike, ckpt_file: str | os.PathLike, confi
     parser.read_config(_configs(configs))
     parser.update(dict(overrides or {}))
     size = parser.get_parsed_content("image_size")
+    channels = int(parser.get_parsed_content("image_channels")) if "image_channels" in parser else 3
     eager = eager_network(ckpt_file, configs, overrides)
     scripted = torch.jit.load(str(ts_file), map_location="cpu").eval()
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, *[int(s) for s in size], generator=gen)
+    x = torch.rand(n, channels, *[int(s) for s in size], generator=gen)
     return float((scripted(x) - eager(x)).abs().max())
 
 

@@ -13,20 +13,24 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from busgen_monai.data.io import read_image_rgb
+from busgen_monai.data.io import read_image_gray, read_image_rgb
 
 __all__ = ["LoadImageRGBd", "LesionCropd", "lesion_crop_window"]
 
 
 class LoadImageRGBd(MapTransform):
-    """Read PNG/JPEG/TIFF/NIfTI images with busgen-monai's reader as channel-first RGB.
+    """Read PNG/JPEG/TIFF/NIfTI images with busgen-monai's reader as channel-first float tensors.
 
-    Output per key: ``(3, H, W)`` float32 tensor with values in [0, 255] (grey images are replicated to
-    three channels, 16-bit/NIfTI images are min-max scaled to 0..255 by the reader).
+    ``channels=1`` (the bundle's default ``image_channels``: grey B-mode, like the generator): ``(1, H, W)``, colour
+    files converted with ITU-R 601 luma weights. ``channels=3``: ``(3, H, W)`` RGB, grey replicated. Values in
+    [0, 255] (16-bit/NIfTI images are min-max scaled to 0..255 by the reader).
     """
 
-    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False, channels: int = 3) -> None:
         super().__init__(keys, allow_missing_keys)
+        if int(channels) not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels} (key: image_channels)")
+        self.channels = int(channels)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -34,8 +38,11 @@ class LoadImageRGBd(MapTransform):
             path = d[key]
             if not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
                 raise TypeError(f"LoadImageRGBd: key '{key}' must hold an image path, got {type(path).__name__}")
-            arr = read_image_rgb(path)  # (H, W, 3) uint8
-            d[key] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+            if self.channels == 1:
+                arr = read_image_gray(path)[None]  # (1, H, W) uint8
+            else:
+                arr = read_image_rgb(path).transpose(2, 0, 1)  # (3, H, W) uint8
+            d[key] = torch.from_numpy(np.ascontiguousarray(arr)).float()
             d[f"{key}_path"] = str(path)
         return d
 
