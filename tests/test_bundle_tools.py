@@ -176,8 +176,8 @@ def test_unlisted_model_file_and_hash_types(adapted):
     lf.write_text(f"large_files:\n{prior_entry}")
     with pytest.raises(BundleVerificationError, match="models/model.pt: in models/ but not listed"):
         verify_bundle(root, sample=False)
-    lf.write_text(f"large_files:\n  - path: models/model.pt\n    hash_val: {'0' * 32}\n    hash_type: md5\n"
+    lf.write_text(f"large_files:\n  - path: models/model.pt\n    hash_val: {'f' * 32}\n    hash_type: md5\n"
                   f"{prior_entry}")
     with pytest.raises(BundleVerificationError) as err:
         verify_bundle(root, sample=False)
-    assert f"its md5 is {md5} but large_files.yml says {'0' * 32}" in str(err.value)
+    assert f"its md5 is {md5} but large_files.yml says {'f' * 32}" in str(err.value)
