@@ -3,8 +3,9 @@
 :func:`validate_overrides` (called by every bundle run) compares command-line / API overrides with the keys
 the config files declare: an unknown key (``--num_imagse``) is an error with a "did you mean" suggestion
 instead of being silently ignored; a value of the wrong type or out of range (``--guidance_w -3``,
-``--chunk_size 0``, ``--num_inference_steps 0``, an image size the network cannot halve) is an error
-naming the key and the fix. Errors are :class:`BundleConfigError`, one line each.
+``--chunk_size 0``, ``--num_inference_steps 0``, an image size the network cannot halve, an image size other
+than the one the run's generator checkpoint was trained at) is an error naming the key and the fix. Errors are
+:class:`BundleConfigError`, one line each.
 
 :func:`check_config_static` reads config files as text and refuses, without evaluating anything, what
 could run code that is not the project's or MONAI's: expressions (``$...``) that call or import outside
@@ -20,11 +21,13 @@ import ast
 import difflib
 import json
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundleConfigError", "declared_keys", "validate_overrides", "check_config_static", "ALLOWED_PACKAGES"]
+__all__ = ["BundleConfigError", "declared_keys", "validate_overrides", "check_config_static", "ALLOWED_PACKAGES",
+           "CHECKPOINT_KEYS"]
 
 #: Top-level packages whose components and functions a shared bundle config may use.
 ALLOWED_PACKAGES = ("torch", "monai", "numpy", "json", "math", "busgen_monai", "busgen_classify", "busgen_clean", "busgen_cpsample",
@@ -124,11 +127,68 @@ def _network_factor(declared: Mapping[str, Any], overrides: Mapping[str, Any]) -
     return 2 ** (len(channels) - 1) if channels else None
 
 
+#: Config keys that name the generator a run starts from (sampling, adaptation, the CPSampling protector).
+CHECKPOINT_KEYS = ("checkpoint", "base_checkpoint", "generator_checkpoint")
+
+
+def _literal(value: Any) -> bool:
+    return isinstance(value, (str, Path)) and not str(value).startswith(("$", "@", "%")) and bool(str(value))
+
+
+def _as_size(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and value and \
+            all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(value) if len(value) > 1 else (value[0], value[0])
+    return None
+
+
+def _check_trained_image_size(declared: Mapping[str, Any], overrides: Mapping[str, Any], value: Any) -> None:
+    """Refuse an ``image_size`` other than the one the run's generator was trained at.
+
+    The generator is the override or literal value of the first of :data:`CHECKPOINT_KEYS` the config declares
+    (a computed default such as ``$os.path.join(@bundle_root, ...)`` is not evaluated here). Its saved settings
+    (:func:`busgen_monai.inferers.generator_settings`) give the trained size. An old file without saved settings
+    only warns: the preset it would fall back to is a guess, and ``--image_size`` is how such a file's real size is
+    given. A file that cannot be read (or is not a generator) is left to the run, which reports it.
+    """
+    wanted = _as_size(value)
+    if wanted is None:
+        return
+    for key in CHECKPOINT_KEYS:
+        if key not in declared:
+            continue
+        path = overrides.get(key, declared[key])
+        if not _literal(path):
+            continue
+        try:
+            from .inferers import generator_settings, read_checkpoint
+
+            state = read_checkpoint(str(path))  # weights-only: nothing in the file runs
+            if not state.get("settings"):
+                warnings.warn(f"{key} {path} has no saved settings (an old file): image_size={value!r} cannot be "
+                              "checked against the size it was trained at", stacklevel=3)
+                return
+            trained = generator_settings(state)["image_size"]
+        except Exception:  # noqa: BLE001 - unreadable or not a generator: the run itself reports it
+            continue
+        if _as_size(trained) is not None and _as_size(trained) != wanted:
+            raise BundleConfigError(f"image_size={value!r} does not match the generator: {key} {path} was trained at "
+                                    f"image_size={trained}; drop --image_size (the trained size is used) or pass "
+                                    f"--image_size {trained}")
+        return
+
+
 def validate_overrides(config_files: Sequence[str | Path], overrides: Mapping[str, Any], *, bundle: str = "",
                        ignore: Iterable[str] = ("bundle_root", "meta_file", "logging_file", "run_id", "init_id",
                                                 "final_id", "config_file", "tracking", "args_file")) -> None:
     """Raise :class:`BundleConfigError` for the first override the config does not declare, or whose value
-    has the wrong type or is out of range. ``a#b`` keys must name an existing nested id."""
+    has the wrong type or is out of range. ``a#b`` keys must name an existing nested id. An ``image_size``
+    override must equal the size the run's generator (``checkpoint``, ``base_checkpoint`` or
+    ``generator_checkpoint``, when given as a path) was trained at."""
     declared = declared_keys(config_files)
     where = f"bundle {bundle}" if bundle else "the bundle config"
     ignore = set(ignore)
@@ -152,6 +212,8 @@ def validate_overrides(config_files: Sequence[str | Path], overrides: Mapping[st
             if factor and value % factor:
                 raise BundleConfigError(f"image_size={value} does not fit the network: it halves the image "
                                         f"{factor.bit_length() - 1} times, so use a multiple of {factor}")
+        if key == "image_size":
+            _check_trained_image_size(declared, overrides, value)
 
 
 # ------------------------------------------------------------------------------------------- static check

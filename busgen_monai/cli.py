@@ -180,8 +180,11 @@ def cmd_datalist(args: argparse.Namespace) -> int:
                                           **common)
         report = data.pop("load_report", None)
         unknown = data.pop("unknown_devices", None)
+        n_items = schema.summarize_datalist(data)["items"]
+        if not n_items:  # the loaders refuse this already; never write an empty datalist
+            raise schema.EmptyDatalistError(f"{args.format} source {args.src} gave 0 items; nothing written", out)
         schema.save_datalist(data, out, vocabulary=common["vocabulary"])
-        print(f"wrote {out}: {schema.summarize_datalist(data)['items']} items")
+        print(f"wrote {out}: {n_items} items")
         if report:
             for line in report.get("warnings", []) + report.get("rejected", []):
                 print(f"  note: {line}")
@@ -189,7 +192,7 @@ def cmd_datalist(args: argparse.Namespace) -> int:
             print(f"  unknown devices (recorded as 'unknown' or added): {unknown}")
         return 0
     if args.action == "validate":
-        schema.load_datalist(args.path, vocabulary=_vocab(args))
+        schema.load_datalist(args.path, vocabulary=_vocab(args), allow_empty=False)
         print(f"{args.path}: valid")
         return 0
     data = schema.load_datalist(args.path, vocabulary=_vocab(args), check_files=False)
@@ -255,8 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Datalists are the contract between stages (docs/datalist.md).")
     dsub = d.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = dsub.add_parser("build", help="build a datalist from a dataset",
-                        description="bus-bra: the BUS-BRA folder; busi: a BUSI-style folder; csv: a CSV with "
-                        "image,pathology[,device,birads,patient_id,boxes,mask,split] columns.")
+                        description="bus-bra: the BUS-BRA folder; busi: a BUSI-style folder (class folders "
+                        "benign/malignant/normal, any case, holding <name>.png + <name>_mask.png, or images/<name>.png "
+                        "+ masks/<name>[_mask].png); csv: a CSV with "
+                        "image,pathology[,device,birads,patient_id,boxes,mask,split] columns. A source that gives "
+                        "0 items is an error (nothing is written).")
     b.add_argument("format", choices=["bus-bra", "busi", "csv"])
     b.add_argument("src", help="dataset folder (bus-bra, busi) or CSV file")
     b.add_argument("out", help="datalist JSON to write (image paths are written relative to its folder)")
@@ -268,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--on-unknown-device", choices=["error", "add", "null"], default="error",
                    help="unknown device names: fail (default), add to the vocabulary, or record as 'unknown'")
     b.add_argument("--pathologies", default=None, help="csv: comma list of allowed pathologies")
-    v = dsub.add_parser("validate", help="validate a datalist (files, boxes, labels, patient-wise splits)")
+    v = dsub.add_parser("validate", help="validate a datalist (files, boxes, labels, patient-wise splits; "
+                        "an empty datalist is invalid)")
     v.add_argument("path")
     v.add_argument("--device-vocab", default=None)
     s = dsub.add_parser("summary", help="counts per split/pathology/device; optional sample grid PNG")

@@ -48,6 +48,70 @@ def test_image_size_must_fit_the_network():
     validate_overrides([PRETRAIN], {"image_size": 48, "preset_name": "tiny"}, bundle="busgen_pretrain")
 
 
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory):
+    """A 'tiny' generator checkpoint (trained size 32) with saved settings, and the same file without them."""
+    import torch
+
+    from busgen_monai.networks import ConditionCodec
+    from busgen_monai.presets import build_network, get_preset, trained_settings
+
+    tmp = tmp_path_factory.mktemp("gen")
+    codec = ConditionCodec()
+    net = build_network("tiny", codec)
+    state = {"network": net.state_dict(), "codec": codec.to_dict(), "network_kwargs": net.init_args,
+             "settings": trained_settings(get_preset("tiny"), name="tiny")}
+    torch.save(state, tmp / "tiny.pt")
+    torch.save({k: v for k, v in state.items() if k != "settings"}, tmp / "old.pt")
+    return tmp / "tiny.pt", tmp / "old.pt"
+
+
+def test_image_size_other_than_the_trained_one_is_refused_before_sampling(tiny_generator, tmp_path):
+    from busgen_monai.cli import run_bundle
+
+    ckpt, _ = tiny_generator
+    out = tmp_path / "out"
+    with pytest.raises(BundleConfigError) as info:
+        run_bundle("busgen_sample", "inference", checkpoint=str(ckpt), image_size=48, num_images=1,
+                   output_dir=str(out))
+    msg = str(info.value)
+    assert "\n" not in msg and "image_size=48" in msg and "checkpoint" in msg and "trained at image_size=32" in msg
+    assert not out.exists()  # refused before anything ran
+    validate_overrides([SAMPLE], {"checkpoint": str(ckpt), "image_size": 32})  # the trained size is fine
+    validate_overrides([SAMPLE], {"checkpoint": str(ckpt)})  # no override: nothing to compare
+
+
+def test_image_size_check_covers_the_adapt_and_protector_generators(tiny_generator):
+    ckpt, _ = tiny_generator
+    adapt = ROOT / "bundles" / "busgen_adapt" / "configs" / "train.json"
+    with pytest.raises(BundleConfigError, match="base_checkpoint .* trained at image_size=32"):
+        validate_overrides([adapt], {"base_checkpoint": str(ckpt), "image_size": 64}, bundle="busgen_adapt")
+    protector = ROOT / "plugins" / "busgen-cpsample" / "busgen_cpsample" / "bundles" / "cpsample" / "configs" / \
+        "train_protector.json"
+    with pytest.raises(BundleConfigError, match="generator_checkpoint .* trained at image_size=32"):
+        validate_overrides([protector], {"generator_checkpoint": str(ckpt), "image_size": 64}, bundle="cpsample")
+
+
+def test_image_size_check_warns_for_old_files_and_skips_unreadable_ones(tiny_generator, tmp_path):
+    _, old = tiny_generator
+    with pytest.warns(UserWarning, match="no saved settings"):
+        validate_overrides([SAMPLE], {"checkpoint": str(old), "image_size": 48})
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    validate_overrides([SAMPLE], {"checkpoint": str(junk), "image_size": 48})  # the run reports the bad file
+    validate_overrides([SAMPLE], {"checkpoint": str(tmp_path / "missing.pt"), "image_size": 48})
+
+
+def test_cli_refuses_a_wrong_image_size_in_one_line(tiny_generator, tmp_path, capsys):
+    from busgen_monai.cli import main
+
+    ckpt, _ = tiny_generator
+    code = main(["run", "busgen_sample", "inference", "--checkpoint", str(ckpt), "--image_size", "48",
+                 "--output_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "trained at image_size=32" in err[0]
+
+
 def test_declared_keys_and_nested_ids_pass():
     validate_overrides([SAMPLE], {"num_images": 4, "guidance_w": 0.0, "chunk_size": 2, "num_inference_steps": 3,
                                   "seed": 1})

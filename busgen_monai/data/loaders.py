@@ -3,14 +3,17 @@
 - :func:`load_bus_bra`: BUS-BRA (Gomez-Flores et al., Medical Physics 2023; doi 10.5281/zenodo.7730709):
   ``bus_data.csv`` + ``Images/`` + ``Masks/``; boxes from the CSV, checked against the masks; device
   names from the CSV through the device vocabulary; splits by patient (``Case``), never by image.
-- :func:`load_busi_folder`: BUSI-style folders (``benign/``, ``malignant/``, ``normal/`` with
-  ``name.png`` and ``name_mask.png``, ``name_mask_1.png``...); one box per connected lesion.
+- :func:`load_busi_folder`: BUSI-style folders (``benign/``, ``malignant/``, ``normal/``, any case), either the
+  original flat layout (``name.png`` next to ``name_mask.png``, ``name_mask_1.png``...) or the common
+  redistribution (``images/name.png`` + ``masks/name[_mask].png``); one box per connected lesion.
 - :func:`load_image_csv`: a plain folder of images with a CSV (image, pathology, device, optional
   birads, patient_id, boxes as ``x1 y1 x2 y2`` in pixels or normalised, optional mask).
 
 Every loader returns a validated datalist dict; write it with :func:`busgen_monai.data.schema.save_datalist`.
 Problems in the source (unknown pathology, box outside the image, missing file) raise one
-:class:`~busgen_monai.data.schema.DatalistError` naming each bad row.
+:class:`~busgen_monai.data.schema.DatalistError` naming each bad row. A loader that finds no usable item raises
+:class:`~busgen_monai.data.schema.EmptyDatalistError` (one line naming the source and what was looked for); it
+never returns an empty datalist.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .devices import UNKNOWN_DEVICE, DeviceVocabulary, UnknownDeviceError, default_vocabulary
-from .schema import BUILTIN_PATHOLOGIES, DatalistError, make_datalist, validate_datalist
+from .schema import BUILTIN_PATHOLOGIES, DatalistError, EmptyDatalistError, make_datalist, validate_datalist
 
 __all__ = [
     "pseudonym",
@@ -37,6 +41,7 @@ __all__ = [
     "box_iou",
     "load_bus_bra",
     "load_busi_folder",
+    "BUSI_LAYOUTS",
     "load_image_csv",
     "resolve_device",
 ]
@@ -154,9 +159,13 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _finish(items: list[dict], name: str, description: str, pathologies: Iterable[str], base_dir: Path,
-            vocabulary: DeviceVocabulary, problems: list[str], source: str | os.PathLike) -> dict:
+            vocabulary: DeviceVocabulary, problems: list[str], source: str | os.PathLike,
+            rejected: Sequence[str] = ()) -> dict:
     if problems:
         raise DatalistError(problems, source)
+    if not items:  # a loader never writes an empty datalist (it would train on nothing, silently)
+        why = f"all {len(rejected)} rows were left out, first: {rejected[0]}" if rejected else "the source lists none"
+        raise EmptyDatalistError(f"{name}: 0 usable items ({why})", source)
     data = make_datalist(items, name=name, description=description, pathologies=list(pathologies))
     validate_datalist(data, base_dir=base_dir, vocabulary=vocabulary, check_files=False, source=source)
     return data
@@ -306,11 +315,67 @@ def load_bus_bra(
         })
     desc = ("BUS-BRA (Gomez-Flores et al., Med. Phys. 2023, doi 10.5281/zenodo.7730709); "
             f"patient-wise split, seed {seed}" + (f", fold {fold}" if fold else ""))
-    data = _finish(items, "bus_bra", desc, ("benign", "malignant"), rel_base or root, vocab, problems, csv_path)
+    data = _finish(items, "bus_bra", desc, ("benign", "malignant"), rel_base or root, vocab, problems, csv_path,
+                   rejected=report["rejected"])
     data["load_report"] = report
     if unknown:
         data["unknown_devices"] = unknown
     return data
+
+
+#: The BUSI layouts :func:`load_busi_folder` reads, for docs and error messages.
+BUSI_LAYOUTS = (
+    "<class>/<name>.png + <class>/<name>_mask.png [+ <name>_mask_1.png ...] (the original BUSI)",
+    "<class>/images/<name>.png + <class>/masks/<name>[_mask].png (also image/, mask/; a common redistribution)",
+)
+_BUSI_CLASSES = ("benign", "malignant", "normal")
+_IMAGE_DIRS = ("images", "image")
+_MASK_DIRS = ("masks", "mask")
+_MASK_STEM = re.compile(r"^(?P<base>.+?)_mask(?:_\d+)?$", re.IGNORECASE)
+
+
+def _busi_class_files(cdir: Path, report: list[str]) -> tuple[list[Path], dict[str, list[Path]]]:
+    """Images and masks (by image stem) of one BUSI class folder, in either layout (or both at once)."""
+    images: list[Path] = []
+    masks: dict[str, list[Path]] = defaultdict(list)
+    subdirs = {d.name.lower(): d for d in cdir.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    image_dirs = [cdir] + [subdirs[n] for n in _IMAGE_DIRS if n in subdirs]
+    mask_dirs = [subdirs[n] for n in _MASK_DIRS if n in subdirs]
+    for name, d in sorted(subdirs.items()):
+        if name not in _IMAGE_DIRS and name not in _MASK_DIRS:
+            report.append(f"{cdir.name}/{d.name}/: ignored (not an images/ or masks/ folder)")
+    for folder in image_dirs:
+        for p in sorted(folder.iterdir()):
+            if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            m = _MASK_STEM.match(p.stem)
+            if m:
+                masks[m.group("base")].append(p)
+            else:
+                images.append(p)
+    for folder in mask_dirs:  # masks/ holds masks only: <name>.png or <name>_mask[_k].png
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                m = _MASK_STEM.match(p.stem)
+                masks[m.group("base") if m else p.stem].append(p)
+    return images, masks
+
+
+def _no_busi_images(root: Path, class_dirs: Sequence[Path], n_masks: int = 0,
+                    ignored: Sequence[str] = ()) -> EmptyDatalistError:
+    seen = ", ".join(f"{d.name}/" for d in class_dirs) or "none"
+    hint = f"; masks of {n_masks} name(s) without an image" if n_masks else ""
+    if ignored:
+        hint += f"; ignored subfolders: {', '.join(w.split(': ')[0] for w in ignored[:5])}"
+    for d in class_dirs:  # pointed one level too high (e.g. at the folder holding Dataset_BUSI_with_GT/)?
+        if {c.name.lower() for c in d.iterdir() if c.is_dir()} & set(_BUSI_CLASSES):
+            hint += f"; {d.name}/ holds class folders: point at {d}"
+            break
+    if {d.name.lower() for d in class_dirs} & set(_IMAGE_DIRS + _MASK_DIRS):
+        hint += f"; {root.name}/ looks like one class folder: point at the folder holding benign/, malignant/, normal/"
+    layouts = " or ".join(BUSI_LAYOUTS)
+    return EmptyDatalistError(f"BUSI folder {root}: found 0 images; looked for {layouts}, with class folders "
+                              f"{'/, '.join(_BUSI_CLASSES)}/ (any case); folders found: {seen}{hint}")
 
 
 def load_busi_folder(
@@ -325,10 +390,23 @@ def load_busi_folder(
 ) -> dict:
     """BUSI-style folder -> datalist.
 
-    ``root/<pathology>/<name>.png`` with masks ``<name>_mask.png`` (and ``<name>_mask_1.png``, ... for more
-    lesions). Class folders are the pathology (``benign``, ``malignant``, ``normal``, or any other name,
-    which is then declared in the datalist's pathologies). Each image is its own patient (BUSI has no
-    patient ids), so the split is per image. One box per connected lesion component over all masks.
+    Accepted layouts (see :data:`BUSI_LAYOUTS`; both may be mixed, class by class):
+
+    - the original BUSI (Al-Dhabyani et al., Data in Brief 2020): ``root/<class>/<name>.png`` with masks
+      ``<name>_mask.png`` (and ``<name>_mask_1.png``, ... for more lesions) next to it;
+    - the common redistribution ``root/<class>/images/<name>.png`` with masks in ``root/<class>/masks/``
+      (or ``mask/``) named ``<name>.png`` or ``<name>_mask[_k].png``.
+
+    Class folders are the pathology, matched case-insensitively (``benign``, ``malignant``, ``normal``; any other
+    name is taken as a pathology and declared in the datalist's pathologies). Other subfolders of a class folder
+    are ignored and listed in ``data["load_report"]["warnings"]``. Each image is its own patient (BUSI has no
+    patient ids), so the split is per image; ids and splits do not depend on the layout. One box per connected
+    lesion component over all masks of an image.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        EmptyDatalistError: no image found in any accepted layout (one line naming ``root`` and the layouts).
+        DatalistError: a lesion image without a mask, a mask without an image, a mask of another size.
     """
     root = Path(root)
     if not root.is_dir():
@@ -337,47 +415,45 @@ def load_busi_folder(
     if device != UNKNOWN_DEVICE:
         device = vocab.lookup(device, "load_busi_folder(device=...)")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
-        raise DatalistError([f"{root} has no class folders (expected benign/, malignant/, normal/)"], root)
     problems: list[str] = []
+    report: dict[str, list[str]] = {"warnings": [], "rejected": []}
     records = []
+    seen: dict[str, Path] = {}
     for cdir in class_dirs:
         pathology = cdir.name.strip().lower()
-        files = sorted(p for p in cdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        masks_by_stem: dict[str, list[Path]] = defaultdict(list)
-        images = []
-        for p in files:
-            stem = p.stem
-            if "_mask" in stem:
-                masks_by_stem[stem.split("_mask")[0]].append(p)
-            else:
-                images.append(p)
+        images, masks_by_stem = _busi_class_files(cdir, report["warnings"])
         for img in images:
-            masks = sorted(masks_by_stem.pop(img.stem, []))
-            records.append((pathology, img, masks))
-        for stem, orphan in masks_by_stem.items():
-            problems.append(f"{cdir.name}/{orphan[0].name}: mask without an image {stem}.png")
-    labels = {str(img): path for path, img, _ in records}
-    split_of = patient_split(labels, fractions, seed)
+            key = f"{pathology}/{img.name}"
+            if key in seen:
+                problems.append(f"{img.relative_to(root).as_posix()}: same image name as "
+                                f"{seen[key].relative_to(root).as_posix()}; keep one copy")
+                continue
+            seen[key] = img
+            records.append((pathology, img, sorted(masks_by_stem.pop(img.stem, []))))
+        for stem, orphan in sorted(masks_by_stem.items()):
+            problems.append(f"{orphan[0].relative_to(root).as_posix()}: mask without an image {stem}.png")
+    if not records:  # (problems then only lists masks without images)
+        raise _no_busi_images(root, class_dirs, n_masks=len(problems), ignored=report["warnings"])
+    # keyed by class/name (not the path) so the split is the same whatever the layout or location
+    split_of = patient_split({f"{path}/{img.name}": path for path, img, _ in records}, fractions, seed)
     rel_base = Path(relative_to).resolve() if relative_to is not None else None
+    rel = (lambda p: os.path.relpath(p.resolve(), rel_base)) if rel_base else (lambda p: str(p.resolve()))
     items = []
     for pathology, img, masks in records:
+        where = img.relative_to(root).as_posix()
         w, h = _image_size(img)
         union = np.zeros((h, w), bool)
         for m in masks:
             arr = _read_mask(m)
             if arr.shape != (h, w):
-                problems.append(f"{pathology}/{m.name}: mask is {arr.shape[1]}x{arr.shape[0]}, image is {w}x{h}")
+                problems.append(f"{m.relative_to(root).as_posix()}: mask is {arr.shape[1]}x{arr.shape[0]}, "
+                                f"image is {w}x{h}")
                 continue
             union |= arr > 0
         boxes = mask_to_boxes(union, min_pixels=min_pixels)
         if pathology != "normal" and not boxes:
-            problems.append(f"{pathology}/{img.name}: {pathology} image without a lesion mask")
+            problems.append(f"{where}: {pathology} image without a lesion mask")
             continue
-        mask_path = None
-        if masks:
-            mask_path = masks[0] if len(masks) == 1 else None
-        rel = (lambda p: os.path.relpath(p.resolve(), rel_base)) if rel_base else (lambda p: str(p.resolve()))
         item = {
             "image": rel(img),
             "pathology": pathology,
@@ -385,18 +461,21 @@ def load_busi_folder(
             "boxes": boxes,
             "patient_id": pseudonym(f"{pathology}/{img.name}", "BUSI"),
             "study_id": pseudonym(f"{pathology}/{img.name}/study", "BUSIS"),
-            "split": split_of[str(img)],
+            "split": split_of[f"{pathology}/{img.name}"],
             "width": w,
             "height": h,
-            "provenance": {"source": "busi_folder", "file": f"{pathology}/{img.name}",
-                           "masks": [m.name for m in masks]},
+            "provenance": {"source": "busi_folder", "file": where,
+                           "masks": [m.relative_to(root).as_posix() for m in masks]},
         }
-        if mask_path is not None:
-            item["mask"] = rel(mask_path)
+        if len(masks) == 1:
+            item["mask"] = rel(masks[0])
         items.append(item)
-    pathologies = sorted({it["pathology"] for it in items} | ({"benign", "malignant"} & {d.name for d in class_dirs}))
-    return _finish(items, root.name, f"BUSI-style folder {root.name}; split by image (no patient ids)",
+    names = {d.name.strip().lower() for d in class_dirs}
+    pathologies = sorted({it["pathology"] for it in items} | ({"benign", "malignant"} & names))
+    data = _finish(items, root.name, f"BUSI-style folder {root.name}; split by image (no patient ids)",
                    pathologies, rel_base or root, vocab, problems, root)
+    data["load_report"] = report
+    return data
 
 
 def _parse_box(text: str, w: int, h: int) -> list[list[float]]:

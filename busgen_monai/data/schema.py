@@ -31,6 +31,7 @@ __all__ = [
     "ITEM_SCHEMA",
     "DATALIST_SCHEMA",
     "DatalistError",
+    "EmptyDatalistError",
     "validate_item",
     "validate_datalist",
     "load_datalist",
@@ -92,6 +93,14 @@ class DatalistError(ValueError):
         shown = self.problems[:20]
         more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
         super().__init__(f"{head}: {len(self.problems)} problem(s)\n  " + "\n  ".join(shown) + more)
+
+
+class EmptyDatalistError(DatalistError):
+    """A datalist (or a loader's result) with no items at all. Its message is one line: what was empty and why."""
+
+    def __init__(self, message: str, source: str | os.PathLike | None = None):
+        self.problems = [message]
+        ValueError.__init__(self, f"empty datalist {source}: {message}" if source else f"empty datalist: {message}")
 
 
 def _item_label(item: Mapping, split: str | None, index: int | None) -> str:
@@ -177,10 +186,13 @@ def validate_datalist(
     vocabulary: DeviceVocabulary | None = None,
     check_files: bool = True,
     source: str | os.PathLike | None = None,
+    allow_empty: bool = True,
 ) -> None:
     """Validate a whole datalist; raise one :class:`DatalistError` listing every problem.
 
-    Besides per-item checks, it checks that no patient appears in two splits.
+    Besides per-item checks, it checks that no patient appears in two splits. With ``allow_empty=False`` a
+    datalist without a single item (all splits empty or absent) raises :class:`EmptyDatalistError` (one line);
+    ``busgen datalist validate`` and the loaders refuse empty datalists this way.
     """
     problems: list[str] = []
     for err in jsonschema.Draft7Validator(DATALIST_SCHEMA).iter_errors(datalist):
@@ -191,6 +203,9 @@ def validate_datalist(
             problems.append(f"key '{path}': {err.message}")
     if problems:
         raise DatalistError(problems, source)
+    if not allow_empty and not any(datalist.get(split) for split in SPLITS):
+        raise EmptyDatalistError(f"no items in {'/'.join(SPLITS)}; a datalist needs at least one item "
+                                 "(rebuild it with `busgen datalist build` and check its source folder)", source)
     pathologies = set(BUILTIN_PATHOLOGIES) | set(datalist.get("pathologies") or [])
     vocab = vocabulary or default_vocabulary()
     extra_devices = [d for d in datalist.get("devices") or [] if d not in vocab.names and d not in (UNKNOWN_DEVICE, NULL_DEVICE)]
@@ -219,8 +234,11 @@ def load_datalist(
     validate: bool = True,
     check_files: bool = True,
     vocabulary: DeviceVocabulary | None = None,
+    allow_empty: bool = True,
 ) -> dict:
-    """Read a datalist JSON file, validate it, and return it with a ``base_dir`` entry (its folder)."""
+    """Read a datalist JSON file, validate it, and return it with a ``base_dir`` entry (its folder).
+
+    ``allow_empty=False`` refuses a datalist with no items (:class:`EmptyDatalistError`, one line)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"datalist {path} does not exist")
@@ -229,7 +247,8 @@ def load_datalist(
     except json.JSONDecodeError as err:
         raise DatalistError([f"not valid JSON: {err}"], path) from err
     if validate:
-        validate_datalist(data, base_dir=path.parent, vocabulary=vocabulary, check_files=check_files, source=path)
+        validate_datalist(data, base_dir=path.parent, vocabulary=vocabulary, check_files=check_files, source=path,
+                          allow_empty=allow_empty)
     data["base_dir"] = str(path.parent.resolve())
     return data
 

@@ -1,5 +1,7 @@
 import csv
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from busgen_monai.data.loaders import (
     mask_to_boxes,
     patient_split,
 )
-from busgen_monai.data.schema import DatalistError, iter_items, save_datalist, load_datalist
+from busgen_monai.data.schema import DatalistError, EmptyDatalistError, iter_items, load_datalist, save_datalist
 
 
 # ------------------------------------------------------------------------------------------- BUS-BRA (real)
@@ -134,6 +136,137 @@ def test_busi_missing_mask_is_named(busi):
     (busi / "malignant" / "malignant (2)_mask.png").unlink()
     with pytest.raises(DatalistError, match=r"malignant/malignant \(2\).png: malignant image without a lesion mask"):
         load_busi_folder(busi)
+
+
+def _write_busi(root, layout, classes=("benign", "malignant", "normal"), n=4, mask_suffix="_mask"):
+    """A small BUSI copy in ``layout``: 'flat' (the original) or 'nested' (<class>/images + <class>/masks)."""
+    for c, cls in enumerate(classes):
+        kind = cls.lower()
+        img_dir = root / cls / "images" if layout == "nested" else root / cls
+        mask_dir = root / cls / "masks" if layout == "nested" else root / cls
+        img_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            name = f"{kind} ({i + 1})"
+            img = (np.random.default_rng(10 * c + i).random((40, 56)) * 255).astype(np.uint8)
+            Image.fromarray(img).save(img_dir / f"{name}.png")
+            stem = name + (mask_suffix if layout == "nested" else "_mask")
+            mask = np.zeros((40, 56), np.uint8) if kind == "normal" else _disc(40, 56, 12 + 3 * i, 20 + c * 10, 6)
+            Image.fromarray(mask).save(mask_dir / f"{stem}.png")
+            if i == 0 and kind == "benign":  # a second lesion in a second mask file
+                Image.fromarray(_disc(40, 56, 30, 45, 5)).save(mask_dir / f"{name}_mask_1.png")
+    return root
+
+
+def _by_name(data):
+    return {(it["pathology"], Path(it["provenance"]["file"]).name): it for _, _, it in iter_items(data)}
+
+
+@pytest.mark.parametrize("classes,mask_suffix", [
+    (("benign", "malignant", "normal"), "_mask"),   # images/ + masks/<name>_mask.png
+    (("Benign", "MALIGNANT", "Normal"), ""),         # masks/<name>.png, class folders in other cases
+])
+def test_busi_nested_layout_gives_the_same_datalist_as_the_flat_original(tmp_path, classes, mask_suffix):
+    flat = load_busi_folder(_write_busi(tmp_path / "flat", "flat"), seed=3)
+    nested = load_busi_folder(_write_busi(tmp_path / "nested", "nested", classes, mask_suffix=mask_suffix), seed=3)
+    a, b = _by_name(flat), _by_name(nested)
+    assert len(a) == 12 and set(a) == set(b)
+    for key, it in a.items():
+        other = b[key]
+        assert other["boxes"] == it["boxes"] and other["split"] == it["split"]
+        assert other["patient_id"] == it["patient_id"] and other["pathology"] == key[0]
+    two = b[("benign", "benign (1).png")]
+    assert len(two["boxes"]) == 2 and "mask" not in two  # two mask files: boxes from both, no single mask path
+    one = b[("malignant", "malignant (2).png")]
+    assert Path(one["mask"]).parent.name == "masks" and "/images/" in one["image"].replace("\\", "/")
+    assert set(nested["pathologies"]) == {"benign", "malignant", "normal"}
+
+
+def test_busi_flat_layout_with_upper_case_class_folders(tmp_path):
+    data = load_busi_folder(_write_busi(tmp_path / "d", "flat", ("BENIGN", "Malignant")))
+    assert {it["pathology"] for _, _, it in iter_items(data)} == {"benign", "malignant"}
+    assert data["pathologies"] == ["benign", "malignant"]
+
+
+@pytest.mark.parametrize("make, hint", [
+    (lambda r: (r / "benign" / "pics").mkdir(parents=True),
+     r"folders found: benign/; ignored subfolders: benign/pics/"),
+    (lambda r: None, r"folders found: none"),
+    (lambda r: _write_busi(r / "Dataset_BUSI_with_GT", "flat"), r"Dataset_BUSI_with_GT/ holds class folders"),
+    (lambda r: [(r / d).mkdir(parents=True) for d in ("images", "masks")], r"looks like one class folder"),
+])
+def test_busi_folder_without_images_names_the_folder_and_the_layouts(tmp_path, make, hint):
+    root = tmp_path / "busi"
+    root.mkdir()
+    make(root)
+    with pytest.raises(EmptyDatalistError) as info:
+        load_busi_folder(root)
+    msg = str(info.value)
+    assert "\n" not in msg and str(root) in msg and "found 0 images" in msg
+    assert "<class>/<name>_mask.png" in msg and "<class>/images/<name>.png" in msg and "masks/" in msg
+    assert re.search(hint, msg), msg
+
+
+def test_busi_masks_without_images_are_counted_in_the_empty_error(tmp_path):
+    root = _write_busi(tmp_path / "busi", "nested", ("benign",))
+    (root / "benign" / "images").rename(root / "benign" / "pictures")
+    with pytest.raises(EmptyDatalistError, match=r"masks of 4 name\(s\) without an image; ignored subfolders: "
+                                                 r"benign/pictures/"):
+        load_busi_folder(root)
+
+
+def test_busi_nested_orphan_mask_and_ignored_subfolder_are_reported(tmp_path):
+    root = _write_busi(tmp_path / "busi", "nested", ("benign", "malignant"))
+    (root / "benign" / "images" / "benign (3).png").unlink()
+    with pytest.raises(DatalistError, match=r"benign/masks/benign \(3\)_mask.png: mask without an image"):
+        load_busi_folder(root)
+    (root / "benign" / "masks" / "benign (3)_mask.png").unlink()
+    (root / "benign" / "thumbnails").mkdir()
+    data = load_busi_folder(root)
+    assert len(list(iter_items(data))) == 7
+    assert any("benign/thumbnails/: ignored" in w for w in data["load_report"]["warnings"])
+
+
+def test_busi_same_image_in_both_layouts_is_refused(tmp_path):
+    root = _write_busi(tmp_path / "busi", "nested", ("malignant",))
+    _write_busi(root, "flat", ("malignant",), n=1)
+    with pytest.raises(DatalistError, match=r"malignant/images/malignant \(1\).png: same image name as "
+                                        r"malignant/malignant \(1\).png; keep one copy"):
+        load_busi_folder(root)
+
+
+def test_cli_busi_build_accepts_nested_layout_and_refuses_an_empty_source(tmp_path, capsys):
+    from busgen_monai.cli import main
+
+    root = _write_busi(tmp_path / "busi", "nested")
+    out = tmp_path / "dl" / "busi.json"
+    assert main(["datalist", "build", "busi", str(root), str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and len(list(iter_items(load_datalist(out)))) == 12
+
+    empty = tmp_path / "empty"
+    (empty / "benign" / "pics").mkdir(parents=True)
+    out2 = tmp_path / "dl" / "empty.json"
+    code = main(["datalist", "build", "busi", str(empty), str(out2)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and not out2.exists()
+    assert len(err.splitlines()) == 1 and "found 0 images" in err and str(empty) in err
+
+
+def test_loader_that_keeps_no_row_raises_instead_of_returning_an_empty_datalist(tmp_path):
+    # a one-row BUS-BRA-style folder whose CSV box misses the mask, with on_box_mismatch='drop'
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "Masks").mkdir()
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "Images" / "bus_0001-s.png")
+    Image.fromarray(_disc(40, 50, 30, 40, 5)).save(tmp_path / "Masks" / "mask_0001-s.png")
+    with open(tmp_path / "bus_data.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Width", "Height", "Side", "BBOX"])
+        w.writerow(["bus_0001-s", "1", "Fibroadenoma", "benign", "3", "GE Logiq 7", "50", "40", "left",
+                    "[2, 2, 8, 8]"])
+    with pytest.raises(EmptyDatalistError,
+                       match=r"0 usable items \(all 1 rows were left out, first: bus_data.csv row 2"):
+        load_bus_bra(tmp_path, on_box_mismatch="drop")
+    assert len(list(iter_items(load_bus_bra(tmp_path)))) == 1  # on_box_mismatch='mask' keeps it
 
 
 # ------------------------------------------------------------------------------------------- CSV folder

@@ -6,6 +6,7 @@ from PIL import Image
 
 from busgen_monai.data.schema import (
     DatalistError,
+    EmptyDatalistError,
     load_datalist,
     make_datalist,
     save_datalist,
@@ -86,6 +87,35 @@ def test_wrong_schema_version_and_bad_json(folder):
     (folder / "e.json").write_text("{not json")
     with pytest.raises(DatalistError, match="not valid JSON"):
         load_datalist(folder / "e.json")
+
+
+@pytest.mark.parametrize("splits", [{}, {"training": [], "validation": [], "test": []}])
+def test_empty_datalist_is_refused_in_one_line_when_items_are_required(folder, splits):
+    path = folder / "empty.json"
+    path.write_text(json.dumps({"schema_version": 1, "name": "e", **splits}))
+    load_datalist(path)  # the contract allows empty splits: default callers (filters, reports) may see one
+    with pytest.raises(EmptyDatalistError) as info:
+        load_datalist(path, allow_empty=False)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and "no items in training/validation/test" in msg
+    with pytest.raises(EmptyDatalistError):
+        validate_datalist(json.loads(path.read_text()), allow_empty=False)
+    validate_datalist(make_datalist([_item()], name="t"), base_dir=folder, allow_empty=False)  # one item is enough
+
+
+def test_cli_validate_refuses_an_empty_datalist_in_one_line(folder, capsys):
+    from busgen_monai.cli import main
+
+    good = save_datalist(make_datalist([_item()], name="t"), folder / "good.json")
+    assert main(["datalist", "validate", str(good)]) == 0
+    assert "valid" in capsys.readouterr().out
+    empty = folder / "empty.json"
+    empty.write_text(json.dumps({"schema_version": 1, "name": "e", "training": [], "validation": [], "test": []}))
+    code = main(["datalist", "validate", str(empty)])
+    captured = capsys.readouterr()
+    assert code != 0 and "valid" not in captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "empty datalist" in lines[0] and str(empty) in lines[0]
 
 
 def test_monai_reads_our_datalist(folder):
