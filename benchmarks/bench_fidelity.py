@@ -454,12 +454,14 @@ def main() -> int:
     p.add_argument("--n-boot", type=int, default=1000, help="patient-bootstrap replicates")
     p.add_argument("--judge-epochs", type=int, default=30, help="cleaning judge training epochs")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--real-only", action="store_true", help="train only the real arms (no generator needed) and "
+                   "stop; a later full run reuses them")
     args = p.parse_args()
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     if not args.settings or set(args.settings) - {"crop", "whole"}:
         p.error("--settings takes crop, whole or crop,whole")
     torch.set_num_threads(args.threads)
-    if args.checkpoint is None:
+    if args.checkpoint is None and not args.real_only:
         from busgen_monai.inferers import default_generator
 
         args.checkpoint = str(default_generator())
@@ -471,6 +473,12 @@ def main() -> int:
     TIMES["datalist"] = round(time.perf_counter() - t0, 1)
     n_test = len(json.loads(real.read_text())["test"])
     log(f"real datalist {real}: {n_real} training images, {n_test} test images")
+    if args.real_only:
+        for setting in args.settings:
+            for seed in range(args.seeds):
+                r = train_arm(args, out, real, n_real, setting, "real", [real], seed)
+                log(f"{setting}/real/seed{seed}: test AUROC {r['auroc']:.3f} [{r['lower']:.3f}-{r['upper']:.3f}]")
+        return 0
 
     gen = generate(args, out, real, n_real * (1 if args.no_4x else 4))
     folder = Path(gen["folder"])

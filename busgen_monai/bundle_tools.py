@@ -166,6 +166,8 @@ def package_bundle(
         inf["devices"] = list(devices)
     if form == "adapter":
         inf["base_checkpoint"] = "$os.path.join(@bundle_root, 'models', 'base.pt')"
+    else:  # self-contained: no base (the source config defaults to the shipped generator)
+        inf["base_checkpoint"] = None
     (root / "configs" / "inference.json").write_text(json.dumps(inf, indent=4))
 
     base_line = (f"Adapter-only weights. Base: `{base_name}` {base_version}, sha256 `{meta['base_model']['sha256']}` "

@@ -383,11 +383,14 @@ def cmd_sample(args) -> int:
                          "(fitted on its training split) or --box x1,y1,x2,y2")
     devices = _csv(args.device)
     if devices is None and not args.datalist:
-        state = read_checkpoint(ckpt)
-        devices = [d for d in state["codec"].get("devices", []) if d not in ("unknown", "null")]
-        saved_mix = (state.get("settings") or {}).get("device_mix")
-        if saved_mix and args.device_mix == "data":  # the training data's device mix, saved with the model
-            overrides["device_weights"] = [float(saved_mix.get(d, 0.0)) for d in devices]
+        # the devices the model was trained on and their shares, saved with the model by `busgen export --datalist`
+        saved_mix = (read_checkpoint(ckpt).get("settings") or {}).get("device_mix")
+        if not saved_mix:
+            raise ValueError(f"{ckpt} does not record the devices it was trained on: give --device NAME[,NAME] or "
+                             "--datalist (its training split's devices), or export it with busgen export --datalist")
+        devices = sorted(saved_mix)
+        if args.device_mix == "data":
+            overrides["device_weights"] = [float(saved_mix[d]) for d in devices]
     if devices is not None:
         overrides["devices"] = devices
     if args.box:
@@ -466,7 +469,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - one line unless --debug
         if debug:
             raise
-        print(f"busgen: error: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        # monai.bundle wraps the error of a config expression ("Failed to evaluate ConfigExpression: ..."): report
+        # the innermost cause, which names the file or key
+        root = err
+        while (root.__cause__ or root.__context__) is not None and "Failed to evaluate" in str(root):
+            root = root.__cause__ or root.__context__
+        text = str(root).strip()
+        print(f"busgen: error: {type(root).__name__}: {text.splitlines()[0] if text else ''}"
               " (run with --debug for the traceback)", file=sys.stderr)
         return 1
 

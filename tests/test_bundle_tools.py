@@ -88,7 +88,7 @@ def test_wrong_shape_in_metadata_refused(adapted):
     root, _ = _pkg(tmp, saved, name="shape")
     meta_path = root / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
-    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 1
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 3  # the network predicts one grey channel
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(BundleVerificationError, match="outputs/pred: expected shape"):
         verify_bundle(root, sample=False)

@@ -29,7 +29,7 @@ def _perturb_lora(net, seed=1):
 
 def _inputs(codec, pathology="dcis"):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 32, 32, generator=g)
+    x = torch.randn(2, 1, 32, 32, generator=g)  # grey
     t = torch.tensor([10, 300])
     c = codec.pack_names([pathology, "benign"], ["GE-LOGIQ-E9", "GE-LOGIQ-E9"], boxes=[[[.3, .3, .6, .6]]] * 2)
     return x, t, c
@@ -38,7 +38,7 @@ def _inputs(codec, pathology="dcis"):
 def _sample(net, codec, seed=0):
     sched = build_scheduler("tiny", "ddim", num_inference_steps=3)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 3, 32, 32, generator=g)
+    x = torch.randn(2, 1, 32, 32, generator=g)
     _, _, c = _inputs(codec)
     with torch.no_grad():
         for t in sched.timesteps:

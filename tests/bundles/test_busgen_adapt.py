@@ -18,12 +18,14 @@ BUNDLE = ROOT / "bundles" / "busgen_adapt"
 
 def _base(path):
     from busgen_monai.networks import ConditionCodec
-    from busgen_monai.presets import build_network
+    from busgen_monai.presets import build_network, get_preset, trained_settings
 
     torch.manual_seed(0)
     codec = ConditionCodec()
     net = build_network("tiny", codec)
-    torch.save({"network": net.state_dict(), "codec": codec.state_dict()}, path)
+    # as a pretraining run writes it: the network's arguments and training settings travel with the weights
+    torch.save({"network": net.state_dict(), "codec": codec.state_dict(), "network_kwargs": net.init_args,
+                "settings": trained_settings(get_preset("tiny"), name="tiny")}, path)
     return path
 
 
@@ -46,7 +48,7 @@ def test_metadata_and_files():
     from busgen_monai.bundle_tools import validate_metadata
 
     meta = validate_metadata(BUNDLE / "configs/metadata.json")
-    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1  # grey B-mode
     sample_keys = set(json.loads((ROOT / "bundles/busgen_sample/configs/inference.json").read_text()))
     assert sample_keys <= set(json.loads((BUNDLE / "configs/inference.json").read_text()))
 
@@ -104,7 +106,7 @@ def test_bundle_run_subprocess_package_verify(phantom, tmp_path):
     kw = dict(box_prior=models / "box_prior.json", devices=["PhantomMed-L7"])
     _, zad = package_bundle(tmp_path, "adapter", adapter=models / "adapter.pt", base_checkpoint=base, name="ad", **kw)
     rep = verify_bundle(zad, base_checkpoint=base)
-    assert rep["net_in_out"] == (1, 3, 32, 32) and rep["sampled"] == 2
+    assert rep["net_in_out"] == (1, 1, 32, 32) and rep["sampled"] == 2
     _, zmg = package_bundle(tmp_path, "merged", merged_model=models / "model.pt", name="mg", **kw)
     assert verify_bundle(zmg)["sampled"] == 2
 

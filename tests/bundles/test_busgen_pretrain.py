@@ -81,8 +81,10 @@ def test_configs_parse_presets_and_metadata(datalist):
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     image = meta["network_data_format"]["inputs"]["image"]
-    assert image["num_channels"] == 3 and image["spatial_shape"] == [160, 160] and "3" in image["channel_def"]
-    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
+    # grey B-mode: one image channel (+ the optional box-mask channel the network renders itself)
+    assert image["num_channels"] == 1 and image["spatial_shape"] == [160, 160] and "box mask" in image["channel_def"]["1"]
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
+    assert parser.get_parsed_content("image_channels") == 1 and net.image_channels == 1
     assert (CONFIGS / "logging.conf").is_file() and "Apache" in (BUNDLE / "LICENSE").read_text()
     readme = (BUNDLE / "docs" / "README.md").read_text()
     assert "torchrun" in readme and "BUS-BRA" in readme

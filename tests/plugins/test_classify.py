@@ -87,7 +87,7 @@ def test_metadata_and_network_shapes():
     root = bundle_root()
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     fmt = meta["network_data_format"]
-    assert fmt["inputs"]["image"]["num_channels"] == 3 and fmt["outputs"]["pred"]["num_channels"] == 2
+    assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["outputs"]["pred"]["num_channels"] == 2
     assert meta["version"] in meta["changelog"] and "intended_use" in meta
     # MONAI's own check: the network maps the declared input shape to the declared output channels
     verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
@@ -248,7 +248,7 @@ def test_torchscript_export_matches_eager(trained, tmp_path):
     ts = export_torchscript(ckpt, tmp_path / "model.ts", ["train", PRESET])
     scripted = torch.jit.load(str(ts))
     eager = eager_network(ckpt, ["train", PRESET])
-    x = torch.rand(5, 3, 64, 64)
+    x = torch.rand(5, 1, 64, 64)  # grey, the bundle's image_channels
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), eager(x), atol=1e-5, rtol=0)
     assert check_export(ts, ckpt, ["train", PRESET]) <= 1e-5

@@ -163,8 +163,8 @@ def test_guard_is_a_no_op_when_the_classifier_is_unsure():
     clf = build_protector_network(image_size=16, channels=(8, 16), norm_num_groups=8)
     guard = CPSamplingGuard(clf, alpha=0.001, strength=1000.0)
     assert isinstance(guard, SamplingGuard)
-    x = torch.randn(6, 3, 16, 16)
-    eps = torch.randn(6, 3, 16, 16)
+    x = torch.randn(6, 1, 16, 16)
+    eps = torch.randn(6, 1, 16, 16)
     assert float(guard.confidence(x, torch.tensor(100)).max()) < 0.999
     out = guard(x, torch.tensor(100), eps, alphas_cumprod_t=_abar(100), step=0, num_steps=1)
     assert out is eps  # bit-identical: the very same tensor
@@ -220,11 +220,11 @@ def test_guard_checks_schedule_generator_and_image_size(tmp_path):
         CPSamplingGuard(path, generator_checkpoint=other)
     CPSamplingGuard(path, generator_checkpoint=other, strict=False)  # warns only
     guard = CPSamplingGuard(path)
-    x, eps = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    x, eps = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16)
     with pytest.raises(ValueError, match="alphas_cumprod"):
         guard(x, torch.tensor(10), eps, alphas_cumprod_t=0.5)
     with pytest.raises(ValueError, match="trained at"):
-        guard(torch.randn(2, 3, 8, 8), torch.tensor(10), eps, alphas_cumprod_t=_abar(10))
+        guard(torch.randn(2, 1, 8, 8), torch.tensor(10), eps, alphas_cumprod_t=_abar(10))
     with pytest.raises(ValueError, match="alpha"):
         CPSamplingGuard(path, alpha=0.9)
 
@@ -237,7 +237,7 @@ def test_guard_inside_guided_sampler(kind):
     sched = DPMSolverMultistepScheduler(500, **BETAS) if kind == "dpm" else DDIMScheduler(500, **BETAS)
     sched.set_timesteps(6)
     guard = CPSamplingGuard(MeanLogit(5.0), alpha=0.25, strength=20.0)
-    noise = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))  # grey
     noise[:2] += 0.6  # the classifier is confident about these two from the start
     cond = codec.pack_names(["benign", "malignant"] * 3, [None] * 6, boxes=[[[0.2, 0.2, 0.6, 0.6]]] * 6)
     inf = GuidedDiffusionInferer(sched, guidance_scale=1.8, guards=[guard])

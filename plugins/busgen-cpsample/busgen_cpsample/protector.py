@@ -69,7 +69,7 @@ DEFAULT_CHECK_TIMESTEPS = (0, 25, 50, 100, 150)
 # ---------------------------------------------------------------------------------------------- network
 def build_protector_network(
     image_size: int | Sequence[int] = 32,
-    in_channels: int = 3,
+    in_channels: int = 1,
     channels: Sequence[int] = (32, 64, 64),
     num_res_blocks: int | Sequence[int] = 1,
     attention_levels: Sequence[bool] | None = None,
@@ -80,7 +80,7 @@ def build_protector_network(
 
     Args:
         image_size: ``S`` or ``(H, W)`` of the generator's images (the flattened head depends on it).
-        in_channels: image channels (3: the generator's RGB space).
+        in_channels: image channels, the generator's (1: grey B-mode, every preset's default; 3: RGB).
         channels: widths per level (each level halves the resolution).
         num_res_blocks: residual blocks per level.
         attention_levels: self-attention per level (default none).
@@ -487,6 +487,8 @@ def save_protector(
 
         generator_sha256 = file_sha256(resolve_checkpoint(generator_checkpoint))
     kwargs = dict(network_kwargs)
+    if "in_channels" not in kwargs and getattr(network, "in_channels", None) is not None:
+        kwargs["in_channels"] = int(network.in_channels)  # the images it was trained on (1 = grey B-mode)
     size = kwargs.get("image_size", 32)
     size = [int(size), int(size)] if isinstance(size, (int, np.integer)) else [int(s) for s in size]
     kwargs["image_size"] = size
