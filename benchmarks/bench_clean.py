@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
-    from busgen_monai.cli import run_bundle
+    from busgen_monai.bundle_run import run_bundle
     from busgen_monai.data.phantom import write_dataset
     from busgen_monai.data.schema import iter_items, load_datalist
     from busgen_monai.evaluation import auroc, bootstrap_ci, delong_test

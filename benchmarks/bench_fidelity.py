@@ -7,7 +7,7 @@ trained on real images, and better on real + generated. This benchmark measures 
 doi 10.5281/zenodo.7730709) with the project's own pieces: the BUS-BRA loader (patient-wise 70/15/15 split, seed 0),
 the generator (``--checkpoint``, default the shipped ``bundles/busgen_sample/models/model.pt``), the classifier
 bundle ``bus_classifier`` (plugin busgen-classify, ``presets/cpu_tiny``: 0.3 M-parameter ResNet) run through
-``busgen_monai.cli.run_bundle``, the cleaning plugin and the cpsample privacy audit.
+``busgen_monai.bundle_run.run_bundle``, the cleaning plugin and the cpsample privacy audit.
 
 Full scale (the numbers of issue 14, a few hours on a 2-core CPU; resumable - re-run the same command after an
 interruption, finished parts are skipped)::
@@ -189,7 +189,7 @@ def generate(args, out: Path, real: Path, n_needed: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- classify
 def classifier(args, config: str, output_dir: Path, real: Path, crop: bool, **overrides) -> None:
-    from busgen_monai.cli import run_bundle
+    from busgen_monai.bundle_run import run_bundle
 
     run_bundle("bus_classifier", f"{config},{args.preset}", output_dir=str(output_dir), datalists=[str(real)],
                image_size=[args.image_size] * 2, lesion_crop=crop, num_workers=0, progress_bar=False, **overrides)

@@ -49,7 +49,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from monai.networks.schedulers import DDIMScheduler
 
-    from busgen_monai.cli import run_bundle
+    from busgen_monai.bundle_run import run_bundle
     from busgen_monai.inferers import load_generator, run_generation
     from busgen_monai.presets import build_scheduler, get_preset
     from busgen_monai.schedulers import DPMSolverMultistepScheduler

@@ -112,7 +112,7 @@ def _feature_net() -> torch.nn.Module:
 
 
 def _train_tiny(out: Path, steps_epochs: int) -> Path:
-    from busgen_monai.cli import run_bundle
+    from busgen_monai.bundle_run import run_bundle
     from busgen_monai.data.phantom import write_dataset
     from busgen_monai.inferers import export_generator, resolve_checkpoint
 

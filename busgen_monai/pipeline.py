@@ -114,7 +114,7 @@ def _stage_datalist(ctx: DemoContext) -> dict:
 def _stage_pretrain(ctx: DemoContext) -> dict:
     import torch
 
-    from .cli import run_bundle
+    from .bundle_run import run_bundle
     from .inferers import export_generator, resolve_checkpoint
 
     d = ctx.stage_dir("pretrain")
@@ -136,7 +136,7 @@ def _stage_adapt(ctx: DemoContext) -> dict:
     """LoRA-adapt the shipped BUS-BRA generator to the phantom's devices (the adapt bundle's train config), package
     the adapter as a model-zoo bundle and verify it offline."""
     from .bundle_tools import package_bundle, verify_bundle
-    from .cli import run_bundle
+    from .bundle_run import run_bundle
     from .data.schema import load_datalist
     from .inferers import default_generator, generator_settings
 
@@ -165,7 +165,7 @@ def _stage_sample(ctx: DemoContext) -> dict:
     """Sample a labelled set from the *adapted* generator (merged model of the adapt stage)."""
     import json as _json
 
-    from .cli import run_bundle
+    from .bundle_run import run_bundle
 
     d = ctx.stage_dir("sample")
     run_bundle("busgen_sample", "inference", checkpoint=ctx.results["adapt"]["model"],
@@ -181,7 +181,7 @@ def _stage_privacy(ctx: DemoContext) -> dict:
 
     import torch
 
-    from .cli import run_bundle
+    from .bundle_run import run_bundle
     from .plugins import discover_plugins
 
     registry = discover_plugins()
@@ -241,7 +241,7 @@ def _stage_classify(ctx: DemoContext) -> dict:
 
     import torch
 
-    from .cli import run_bundle
+    from .bundle_run import run_bundle
 
     d = ctx.stage_dir("classify")
     threads = torch.get_num_threads()

@@ -130,7 +130,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 5e-4,
         "warmup_multiplier": 0.1,
         "warmup_fraction": 0.02,
-        "max_epochs": 40,
+        "max_epochs": 32,
         "weight_decay": 1e-4,
         "grad_clip": 1.0,
         "ema_decay": 0.999,

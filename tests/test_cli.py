@@ -63,12 +63,15 @@ def test_datalist_build_csv_unknown_device(tmp_path, capsys):
 
 
 def test_run_unknown_bundle_and_config_errors(capsys):
-    with pytest.raises(SystemExit, match="no bundle 'nope'"):
-        main(["run", "nope", "train"])
+    assert main(["run", "nope", "train"]) != 0
+    err = capsys.readouterr().err
+    assert "no bundle 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert main(["run", "busgen_sample", "nope"]) != 0
+    assert "has no config 'nope'" in capsys.readouterr().err
 
 
 def test_parse_overrides():
     assert parse_overrides(["--epochs", "3", "--lr=0.1", "--name", "x", "--flag", "true", "--ids", "[1,2]"]) == {
         "epochs": 3, "lr": 0.1, "name": "x", "flag": True, "ids": [1, 2]}
-    with pytest.raises(SystemExit, match="needs a value"):
+    with pytest.raises(ValueError, match="needs a value"):
         parse_overrides(["--epochs"])

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, extra = argv[:cut], argv[cut + 1:]
     args = p.parse_args(argv)
 
-    from busgen_monai.cli import parse_overrides, run_bundle
+    from busgen_monai.bundle_run import parse_overrides, run_bundle
 
     overrides = {"generator_checkpoint": args.checkpoint, "datalist": args.datalist, "preset_name": args.preset}
     for key, value in (("protector_path", args.out), ("image_size", args.image_size),

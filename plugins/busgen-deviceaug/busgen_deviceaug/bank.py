@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sources", default=None, help="comma list of source devices (default: all non-target)")
     p.add_argument("--force", action="store_true", help="retrain targets already in the bank")
     args, extra = p.parse_known_args(list(argv) if argv is not None else None)
-    from busgen_monai.cli import parse_overrides
+    from busgen_monai.bundle_run import parse_overrides
 
     overrides = parse_overrides(extra)
     bank = train_bank(args.datalist, args.out,
