@@ -1,0 +1,95 @@
+"""Structure checks: no import cycle among the project's modules; plugins and the main job run bundles through the
+public busgen_monai.bundle_run, never through the CLI module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules(pkg_root: Path, pkg: str) -> dict[str, Path]:
+    mods = {}
+    for f in pkg_root.rglob("*.py"):
+        parts = list(f.relative_to(pkg_root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = f
+    return mods
+
+
+def _imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """Project modules ``module`` imports (top level or inside functions), resolved to module names."""
+    is_pkg = path.name == "__init__.py"
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")[: None if is_pkg else -1]
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            names = [f"{name}.{a.name}" if f"{name}.{a.name}" in known else name for a in node.names]
+        for name in names:
+            while name and name not in known and "." in name:
+                name = name.rsplit(".", 1)[0]
+            if name in known and name != module:
+                out.add(name)
+    return out
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_among_project_modules():
+    mods = _modules(ROOT / "busgen_monai", "busgen_monai")
+    graph = {m: _imports(m, f, mods) for m, f in mods.items()}
+    assert sum(len(v) for v in graph.values()) > 50  # the parser sees the imports
+    assert _cycles(graph) == []
+    # the checker finds a cycle when there is one
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+
+
+def test_plugins_and_main_job_do_not_import_the_cli_module():
+    offenders = []
+    files = list((ROOT / "plugins").glob("*/busgen_*/**/*.py")) + [ROOT / "busgen_monai" / "pipeline.py"]
+    files += list((ROOT / "benchmarks").glob("*.py"))
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module == "busgen_monai.cli" or
+                                                     (node.level and node.module == "cli")):
+                offenders.append(str(f.relative_to(ROOT)))
+    assert offenders == [], f"import busgen_monai.bundle_run instead of the CLI module: {offenders}"
