@@ -23,7 +23,6 @@ Two forms: ``adapter`` (adapter-only weights; the base is referenced by name, ve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .safe_load import load_weights
+from .utils.io import file_hash, file_sha256
 
 __all__ = ["BundleVerificationError", "package_bundle", "verify_bundle", "validate_metadata", "check_large_files",
            "check_network_shapes", "SCHEMA_PATH"]
@@ -44,14 +44,6 @@ _REQUIRED = ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs
 
 class BundleVerificationError(ValueError):
     """A bundle failed verification; the message names the file/key and what is wrong."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -147,7 +139,7 @@ def package_bundle(
     if codec:
         nd["inputs"]["context"]["spatial_shape"] = [3 + 4 * int(codec.get("max_boxes", 8))]
     if form == "adapter":
-        meta["base_model"] = {"name": base_name, "version": base_version, "sha256": _sha256(Path(base_checkpoint))}
+        meta["base_model"] = {"name": base_name, "version": base_version, "sha256": file_sha256(Path(base_checkpoint))}
     else:
         meta.pop("base_model", None)
     (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
@@ -182,7 +174,7 @@ def package_bundle(
               + f".\n\nIntended use: {meta['intended_use']}\n")
     (root / "docs" / "README.md").write_text(readme)
     files = [model_name] + (["box_prior.json"] if box_prior is not None else [])
-    entries = [f"  - path: models/{f}\n    url: ''\n    hash_val: {_sha256(root / 'models' / f)}\n"
+    entries = [f"  - path: models/{f}\n    url: ''\n    hash_val: {file_sha256(root / 'models' / f)}\n"
                "    hash_type: sha256\n" for f in files]
     (root / "large_files.yml").write_text("large_files:\n" + "".join(entries))
     zpath = None
@@ -241,7 +233,7 @@ def check_large_files(root: str | Path) -> list[str]:
             raise BundleVerificationError(f"{entry['path']}: hash_type {kind!r} is not supported (use sha256)")
         if not want:
             raise BundleVerificationError(f"{entry['path']}: large_files.yml gives no hash_val")
-        got = _file_hash(path, kind)
+        got = file_hash(path, kind)
         if got != want:
             raise BundleVerificationError(
                 f"{entry['path']}: its {kind} is {got} but large_files.yml says {want}; the file was modified or "
@@ -257,14 +249,6 @@ def check_large_files(root: str | Path) -> list[str]:
         raise BundleVerificationError(f"{unlisted[0]}: in models/ but not listed (with its hash) in large_files.yml; "
                                       "an unlisted file is refused - re-package the bundle or remove the file")
     return checked
-
-
-def _file_hash(path: Path, kind: str) -> str:
-    h = hashlib.new(kind)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _parser(root: Path, overrides: Mapping[str, Any]):
@@ -358,9 +342,9 @@ def verify_bundle(path: str | Path, base_checkpoint: str | Path | None = None, s
                 raise BundleVerificationError(
                     f"{path} is an adapter-only bundle (base {meta.get('base_model')}); pass the base checkpoint (--base)")
             want = meta["base_model"]["sha256"]
-            if want and _sha256(Path(base_checkpoint)) != want:
+            if want and file_sha256(Path(base_checkpoint)) != want:
                 raise BundleVerificationError(
-                    f"base checkpoint {base_checkpoint} has sha256 {_sha256(Path(base_checkpoint))}, "
+                    f"base checkpoint {base_checkpoint} has sha256 {file_sha256(Path(base_checkpoint))}, "
                     f"configs/metadata.json base_model/sha256 expects {want}")
             overrides["base_checkpoint"] = str(Path(base_checkpoint).resolve())
         report["net_in_out"] = check_network_shapes(root, meta, overrides)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from busgen_monai.utils.io import atomic_save_figure
+
 __all__ = ["save_image_grid"]
 
 
@@ -74,10 +76,7 @@ def save_image_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_save_figure(fig, path, format="png", dpi=110)
+    finally:
+        plt.close(fig)

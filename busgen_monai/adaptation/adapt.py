@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from ..safe_load import load_weights
+from ..utils.io import atomic_torch_save
 from .lora import DEFAULT_TARGET_MODULES, _EXTRA_KEY, _condition_table, add_condition_values, inject_lora, merge_lora
 from .lora import save_adapter, state_dict_sha256
 
@@ -89,16 +89,6 @@ def prepare_adaptation(
     return network.to(device).train(), codec
 
 
-def _torch_save_atomic(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
-
-
 def save_merged(network: nn.Module, codec, path: str | os.PathLike,
                 settings: Mapping[str, Any] | None = None) -> Path:
     """Merge a copy of the adapted network and write it as ``{"network", "codec", "network_kwargs"[, "settings"]}``
@@ -111,7 +101,7 @@ def save_merged(network: nn.Module, codec, path: str | os.PathLike,
         payload["network_kwargs"] = {**dict(base_args), **codec.network_kwargs()}
     if settings:
         payload["settings"] = dict(settings)
-    return _torch_save_atomic(payload, Path(path))
+    return atomic_torch_save(payload, path)
 
 
 class AdapterSaver:

@@ -21,7 +21,6 @@ peft imports transformers, which is slow; it is imported only when LoRA is used.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ..safe_load import load_weights
+from ..utils.io import atomic_torch_save
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
@@ -223,14 +223,7 @@ def save_adapter(network: nn.Module, path: str | os.PathLike, extra: Mapping[str
     state = adapter_state_dict(network)
     if extra:
         state[_EXTRA_KEY] = dict(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(state, path)
 
 
 def load_adapter(network: nn.Module, adapter: str | os.PathLike | Mapping[str, Any], check_base: bool = True) -> nn.Module:

@@ -40,7 +40,6 @@ about a second.
 from __future__ import annotations
 
 import io
-import json
 import os
 import pathlib
 import shutil
@@ -56,6 +55,7 @@ from busgen_monai.data.phantom import (
     generate_cine,
     get_device_style,
 )
+from busgen_monai.utils.io import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "US_MULTIFRAME_IMAGE_STORAGE",
@@ -317,12 +317,9 @@ def _encode(ds: Any, arr: np.ndarray, syntax: str) -> None:
 def _write_ds(ds: Any, path: pathlib.Path) -> None:
     from pydicom import dcmwrite
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _sr_dataset(ds: Any, patient: _Patient, birads: str) -> None:
@@ -393,9 +390,7 @@ def _write_dicomdir(root: pathlib.Path, managed: list[tuple[str, pathlib.Path]],
             raise RuntimeError(f"DICOMDIR patch failed for {old!r} -> {new!r}")
         data = data.replace(old_b, new_b)
     shutil.rmtree(scratch, ignore_errors=True)
-    tmp = root / ".DICOMDIR.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, root / "DICOMDIR")
+    atomic_write_bytes(root / "DICOMDIR", data)
     dcmread(root / "DICOMDIR")  # sanity: still parses
 
 
@@ -651,7 +646,5 @@ def write_pacs_export(
         ],
         "phi_strings": phi_all,
     }
-    tmp = out / ".ground_truth.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "ground_truth.json")
+    atomic_write_json(out / "ground_truth.json", manifest, indent=2)
     return root

@@ -54,7 +54,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -64,6 +63,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from busgen_monai.utils.io import atomic_save_png, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "DeviceStyle",
@@ -844,25 +845,17 @@ def generate_cine(
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _save_image(arr: np.ndarray, path: pathlib.Path, fmt: str) -> None:
+    if fmt == "png":
+        atomic_save_png(arr, path, optimize=False, compress_level=6)
+        return
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    im = Image.fromarray(arr)
-    if fmt == "png":
-        im.save(buf, format="PNG", optimize=False, compress_level=6)
-    else:
-        im.save(buf, format="JPEG", quality=95)
-    _atomic_write_bytes(path, buf.getvalue())
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_dataset(
@@ -981,7 +974,7 @@ def write_dataset(
         **lists,
     }
     path = out / "datalist.json"
-    _atomic_write_bytes(path, (json.dumps(datalist, indent=2) + "\n").encode("utf-8"))
+    atomic_write_json(path, datalist, indent=2)
     return path
 
 
@@ -1031,9 +1024,4 @@ def sample_grid(
             draw.text((x0 + 1, y0 + tile + 2), str(labels[k])[: max(4, tile // 6)], fill=(235, 235, 235))
     out = pathlib.Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
-    _atomic_write_bytes(out, buf.getvalue())
-    return out
+    return atomic_save_png(canvas, out)

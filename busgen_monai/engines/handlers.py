@@ -40,6 +40,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from busgen_monai.networks.conditions import ConditionCodec
+from busgen_monai.utils.io import atomic_copy
 
 __all__ = [
     "unwrap_network",
@@ -393,10 +394,7 @@ class SampleGridHandler:
             ncols=len(self.devices),
             title=f"samples {tag} (w={self.guidance_w}, {self.num_inference_steps} steps, seed {self.seed})",
         )
-        latest = self.output_dir / "grid_latest.png"
-        tmp = latest.with_suffix(".tmp.png")
-        tmp.write_bytes(path.read_bytes())
-        os.replace(tmp, latest)
+        atomic_copy(path, self.output_dir / "grid_latest.png")
         return path
 
     def attach(self, engine: Engine) -> None:

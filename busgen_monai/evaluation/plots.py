@@ -2,13 +2,12 @@
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly, so no
 display is needed and the global pyplot state / backend of the caller is never touched. Every
-function writes its PNG atomically (temporary file + ``os.replace``) and returns the path.
+function writes its PNG atomically (:func:`busgen_monai.utils.io.atomic_save_figure`) and returns the path.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 
 from busgen_monai.evaluation.metrics import auprc, auroc, check_binary_inputs, precision_recall_curve, roc_curve
 from busgen_monai.evaluation.stats import cluster_scores, delong_ci
+from busgen_monai.utils.io import atomic_save_figure
 
 __all__ = ["plot_roc", "plot_pr", "tsne_embedding", "plot_tsne", "plot_score_distribution"]
 
@@ -35,17 +35,7 @@ def _save(fig: Figure, path: PathLike, dpi: int = 120) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"plots are written as PNG; give a path ending in .png, got {str(path)!r}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_save_figure(fig, path, format="png", dpi=dpi, bbox_inches="tight")
 
 
 def _points(value: Any) -> np.ndarray:

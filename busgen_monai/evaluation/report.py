@@ -9,19 +9,17 @@ NaN/Infinity) and "n/a" / "inf" in the text reports.
 
 Plots are PNG files; those outside ``out_dir`` are copied to ``out_dir/plots/`` so the report
 folder is self-contained and the Markdown/HTML link them by relative path. Every file is written
-atomically (temporary file in the same folder, then ``os.replace``).
+atomically (:mod:`busgen_monai.utils.io`).
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as _dt
 import html
 import json
 import math
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,41 +27,9 @@ from urllib.parse import quote
 
 import numpy as np
 
+from busgen_monai.utils.io import atomic_copy, atomic_write_json, atomic_write_text, to_jsonable
+
 __all__ = ["to_jsonable", "format_value", "write_report"]
-
-
-def to_jsonable(obj: Any, nonfinite_as_none: bool = True) -> Any:
-    """Convert results to plain Python/JSON types.
-
-    Args:
-        obj: nested dicts, lists, numpy values, dataclasses (``as_dict()`` used when present).
-        nonfinite_as_none: turn nan/inf into ``None`` (strict JSON); keep them otherwise.
-    """
-    def rec(v: Any) -> Any:
-        return to_jsonable(v, nonfinite_as_none)
-
-    if hasattr(obj, "as_dict") and callable(obj.as_dict):
-        return rec(obj.as_dict())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return rec({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
-    if isinstance(obj, Mapping):
-        return {str(k): rec(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return rec(obj.tolist())
-    if isinstance(obj, (list, tuple)):
-        return [rec(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if (math.isfinite(v) or not nonfinite_as_none) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    raise TypeError(f"cannot put a {type(obj).__name__} into the JSON report; convert it to numbers first.")
 
 
 def format_value(value: Any) -> str:
@@ -116,12 +82,6 @@ def _sections(results: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str
     return sections
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    from ..data.schema import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-
-
 def _collect_plots(out_dir: Path, plots: Mapping[str, Any]) -> dict[str, str]:
     """Relative (posix) paths of the plots inside ``out_dir``, copying outside ones in."""
     rel: dict[str, str] = {}
@@ -142,9 +102,7 @@ def _collect_plots(out_dir: Path, plots: Mapping[str, Any]) -> dict[str, str]:
             dest = dest_dir / f"{src.stem}_{i}{src.suffix}"
             i += 1
         if not dest.exists():
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
+            atomic_copy(src, dest)
         rel[str(name)] = dest.relative_to(out_dir).as_posix()
     return rel
 
@@ -246,7 +204,7 @@ def write_report(
     json_path = out / f"{basename}.json"
     md_path = out / f"{basename}.md"
     html_path = out / f"{basename}.html"
-    _atomic_write(json_path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode("utf-8"))
-    _atomic_write(md_path, _markdown(title, created, sections, plot_paths).encode("utf-8"))
-    _atomic_write(html_path, _html(title, created, sections, plot_paths, out, inline_images).encode("utf-8"))
+    atomic_write_json(json_path, payload, indent=2)
+    atomic_write_text(md_path, _markdown(title, created, sections, plot_paths))
+    atomic_write_text(html_path, _html(title, created, sections, plot_paths, out, inline_images))
     return json_path, md_path, html_path

@@ -29,7 +29,7 @@ import torch
 
 from ..data.schema import SCHEMA_VERSION, atomic_write_text, make_datalist, save_datalist
 from .box_prior import BoxPrior
-from ..utils.io import file_sha256  # noqa: F401 - re-exported
+from ..utils.io import atomic_save_png, file_sha256  # file_sha256 re-exported
 
 __all__ = [
     "plan_conditions", "device_weights_from", "generate_dataset", "run_generation", "file_sha256", "GenerationResult",
@@ -136,14 +136,6 @@ def _read_generated(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-def _write_png_atomic(arr: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def generate_dataset(
     network: torch.nn.Module,
     codec: Any,
@@ -236,7 +228,7 @@ def generate_dataset(
         images = inferer.sample(noise, network, conditioning=cond, verbose=False, generator=gen)
         for i, it, img in zip(idx, items, images):
             name = f"gen_{i:07d}"
-            _write_png_atomic(_to_uint8(img), out / "images" / f"{name}.png")
+            atomic_save_png(_to_uint8(img), out / "images" / f"{name}.png")
             record = {
                 "image": f"images/{name}.png",
                 "pathology": it["pathology"],

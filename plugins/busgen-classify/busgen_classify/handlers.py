@@ -15,6 +15,8 @@ from monai.handlers import CheckpointLoader
 from monai.networks.utils import copy_model_state
 from torch import nn
 
+from busgen_monai.utils.io import atomic_open
+
 from .networks import FeatureHook
 
 __all__ = ["PredictionCollector", "PretrainedCheckpointLoader", "write_predictions_csv", "read_predictions_csv"]
@@ -155,11 +157,9 @@ def write_predictions_csv(path: str | os.PathLike, predictions: dict[str, Any], 
     """One row per image: ``image_id, patient_id, label, label_name, prob_<class>..., score`` (``score`` =
     probability of the positive class). Written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     probs = predictions["probs"]
     pos = len(classes) - 1 if positive_index is None else positive_index
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["image_id", "patient_id", "label", "label_name"] + [f"prob_{c}" for c in classes] + ["score"])
         for i in range(probs.shape[0]):
@@ -167,7 +167,6 @@ def write_predictions_csv(path: str | os.PathLike, predictions: dict[str, Any], 
             w.writerow([predictions["image_ids"][i], predictions["patient_ids"][i], lab,
                         classes[lab] if 0 <= lab < len(classes) else ""]
                        + [f"{p:.7g}" for p in probs[i]] + [f"{probs[i, pos]:.7g}"])
-    os.replace(tmp, path)
     return path
 
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from busgen_monai.utils.io import atomic_save_figure
+
 __all__ = ["run_scaling", "plot_scaling", "summarize_runs", "main"]
 
 logger = logging.getLogger(__name__)
@@ -79,13 +81,10 @@ def plot_scaling(path: str | os.PathLike, summary: Sequence[Mapping[str, Any]], 
     axes[0].axhline(0.5, color="grey", linestyle=":", linewidth=1)
     fig.suptitle(title + " (mean \u00b1 SD over repeats; fixed real test split)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_save_figure(fig, path, format="png", dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _steps_per_epoch(k: int, batch_size: int) -> int:

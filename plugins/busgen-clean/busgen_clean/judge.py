@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from busgen_monai.data.io import read_image_rgb
 from busgen_monai.data.schema import atomic_write_text, iter_items, load_datalist
+from busgen_monai.utils.io import atomic_save_npz, atomic_torch_save
 
 from .checks import MahalanobisScorer, box_visibility
 
@@ -192,14 +193,10 @@ class Judge:
         files = []
         for s, net in zip(seeds, self.networks):
             name = f"model_seed{s}.pt"
-            tmp = out / f".{name}.tmp"
-            torch.save(net.state_dict(), tmp)
-            os.replace(tmp, out / name)
+            atomic_torch_save(net.state_dict(), out / name)
             files.append(name)
         if self.ood is not None:
-            tmp = out / ".ood_stats.tmp.npz"
-            np.savez(tmp, **self.ood.state())
-            os.replace(tmp, out / "ood_stats.npz")
+            atomic_save_npz(out / "ood_stats.npz", **self.ood.state())
         cfg = {"classes": self.classes, "label_key": self.label_key, "image_size": self.image_size,
                "crop": self.crop, "margin": self.margin, "models": files, "ood_threshold": self.ood_threshold,
                "visibility_floor": self.visibility_floor, **{k: v for k, v in self.meta.items() if k != "models"}}

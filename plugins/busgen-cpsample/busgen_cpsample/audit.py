@@ -54,6 +54,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from busgen_monai.utils.io import atomic_save_figure
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_SSIM_THRESHOLD",
@@ -279,14 +281,10 @@ def _plot_histograms(path: Path, gen_cos, ref_cos, gen_ssim, ref_ssim, threshold
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_save_figure(fig, path, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------- the audit

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from busgen_monai.utils.io import atomic_torch_save
+
 __all__ = ["phantom_split", "train_memorising_generator"]
 
 
@@ -113,14 +115,9 @@ def train_memorising_generator(
 
     trainer.run()
     set_determinism(seed=None)
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"network": {k: v.detach().cpu() for k, v in network.state_dict().items()}, "codec": codec.to_dict(),
                "network_kwargs": {}, "memorising": {"iterations": int(trainer.state.iteration), "image_size": size,
                                                     "n_images": len(rows), "lr": lr, "seed": seed,
                                                     "preset": preset.get("name")}}
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, out)
-    return out
+    return atomic_torch_save(payload, out_file)
 

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from busgen_monai.safe_load import load_weights
+from busgen_monai.utils.io import atomic_torch_save
 
 __all__ = [
     "PROTECTOR_FORMAT",
@@ -509,12 +510,7 @@ def save_protector(
         "generator_sha256": generator_sha256,
         "metrics": _jsonable(metrics or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_protector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Protector:

@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from busgen_monai.utils.io import atomic_copy, atomic_torch_save
+from busgen_monai.utils.io import file_sha256 as sha256_file  # the plugin's public name for it, kept
 
 __all__ = [
     "BANK_FORMAT",
@@ -65,14 +66,6 @@ class BankError(ValueError):
 def safe_name(device: str) -> str:
     """File-name-safe version of a device name (``GE LOGIQ/7`` -> ``GE_LOGIQ_7``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", device).strip("_") or "device"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bundle_path() -> Path:
@@ -160,18 +153,14 @@ class TranslatorBank:
         Returns:
             the new ``bank.json`` entry.
         """
-        import torch
-
         from busgen_monai.data.schema import atomic_write_text
 
         rel = Path("translators") / f"{safe_name(device)}.pt"
         dst = self.root / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
         if isinstance(generator, (str, os.PathLike)):
             if network is None:
                 raise BankError("add(): a weights file needs `network` to rebuild the generator")
-            shutil.copyfile(generator, tmp)
+            atomic_copy(generator, dst)
         else:
             if network is None:
                 cfg = getattr(generator, "config", None)
@@ -179,8 +168,7 @@ class TranslatorBank:
                     raise BankError("add(): the generator has no .config; pass `network`")
                 network = {"_target_": f"{type(generator).__module__}.{type(generator).__qualname__}", **cfg}
             state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-            torch.save(state, tmp)
-        os.replace(tmp, dst)
+            atomic_torch_save(state, dst)
         entry = {
             "weights": rel.as_posix(),
             "sha256": sha256_file(dst),

@@ -20,7 +20,6 @@ masks stay valid.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -29,19 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from busgen_monai.utils.io import atomic_save_png
+
 __all__ = ["augment_datalist", "main"]
-
-
-def _write_png(arr: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def _rel(path: str | os.PathLike, start: Path) -> str:
@@ -137,7 +126,7 @@ def augment_datalist(
                     arr = ((y.cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
                     if not bank.is_color(target):
                         arr = arr[..., 0]
-                    _write_png(arr, dst)
+                    atomic_save_png(arr, dst)
                     written += 1
                 else:
                     skipped += 1
