@@ -109,7 +109,8 @@ def _type_ok(default: Any, value: Any) -> bool:
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
     if isinstance(default, Mapping):
-        return isinstance(value, Mapping)
+        # a component definition ({"_target_": ...}) may be replaced by its value (a path, a number, a list)
+        return "_target_" in default or isinstance(value, Mapping)
     return True
 
 

@@ -157,3 +157,14 @@ def test_static_check_accepts_the_shipped_bundles():
         root = ROOT / "bundles" / bundle
         files = sorted((root / "configs").glob("*.json"))
         assert check_config_static(files, root) > 0
+
+
+def test_a_component_entry_may_be_overridden_by_its_value():
+    """The guard overlay declares protector_path as a component ({"_target_": ...}); passing a path is the documented
+    way to point it at a file (the main job does), so it is accepted; a mistyped scalar still is not."""
+    overlay = ROOT / "plugins" / "busgen-cpsample" / "busgen_cpsample" / "bundles" / "cpsample" / "configs" / \
+        "guard_overlay.json"
+    validate_overrides([SAMPLE, overlay], {"protector_path": "/tmp/protector.pt", "cpsample_strength": 30.0},
+                       bundle="busgen_sample")
+    with pytest.raises(BundleConfigError, match="wrong type"):
+        validate_overrides([SAMPLE, overlay], {"cpsample_strength": "strong"}, bundle="busgen_sample")
