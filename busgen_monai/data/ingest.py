@@ -68,6 +68,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -606,6 +607,16 @@ def _worker_context():
     return mp.get_context("spawn")
 
 
+def _exit_status(code: int | None) -> str:
+    """``exit code -11, SIGSEGV`` for a process killed by a signal, ``exit code 3`` otherwise."""
+    if code is not None and code < 0:
+        try:
+            return f"exit code {code}, {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
 class _Pool:
     """Processes that each decode one file at a time; a file over ``timeout`` seconds or a crashing decoder
     kills only its worker (replaced by a fresh one) and becomes a reject."""
@@ -658,10 +669,11 @@ class _Pool:
                     if "__error__" in result:
                         result = _job_failure(jobs[idx], "internal_error", result["__error__"], settings)
                 except (EOFError, OSError):
-                    code = w["proc"].exitcode
+                    w["proc"].join(5)  # its pipe closes before it is reaped: wait for the exit status
+                    code = _exit_status(w["proc"].exitcode)
                     self._replace(w)
                     result = _job_failure(jobs[idx], "worker_crash",
-                                          f"the worker process died while decoding (exit code {code}); the file "
+                                          f"the worker process died while decoding ({code}); the file "
                                           "crashes the decoder", settings)
                 w["job"] = None
                 busy.pop(id(w), None)

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -164,14 +165,229 @@ def _series(tmp_path: Path, good: int, black: int) -> Path:
     return src
 
 
-def test_two_workers_never_lose_good_files_of_a_shared_series(tmp_path):
-    """A worker rejecting a file must not remove the series folder another worker is writing into."""
-    src = _series(tmp_path, good=5, black=5)
-    for run in range(20):
+def _grey_cine(path: Path, frames: list[np.ndarray], series: str, sop: str,
+               box: tuple[int, int, int, int] = (0, 0, 320, 240)) -> None:
+    """A native 8-bit grey cine (pydicom's real US sample re-encoded) with an ultrasound region ``box``."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    del ds.PlanarConfiguration
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = np.ascontiguousarray(np.stack(frames)).tobytes()
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = series, sop
+    region = Dataset()
+    region.RegionSpatialFormat, region.RegionDataType, region.RegionFlags = 1, 1, 0
+    (region.RegionLocationMinX0, region.RegionLocationMinY0,
+     region.RegionLocationMaxX1, region.RegionLocationMaxY1) = box
+    region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3  # cm
+    region.PhysicalDeltaX = region.PhysicalDeltaY = 0.01
+    ds.SequenceOfUltrasoundRegions = DicomSequence([region])
+    ds.save_as(path)
+
+
+def _grey() -> np.ndarray:
+    return pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm")).pixel_array.max(axis=-1)
+
+
+def _race_export(root: Path, n_series: int, lead: int = 30, late: int = 8) -> Path:
+    """``n_series`` series, each: a good cine whose first ``lead`` frames are black (dropped one by one before
+    its first frame is written: its series folder exists and stays empty meanwhile), a cine of ``late`` black
+    frames (decoded frame by frame in the same folder, then rejected ``mostly_zero``) and a still whose
+    ultrasound region is too small (rejected ``too_small`` right after the header). Black is grey level 1."""
+    grey, black = _grey(), np.ones((240, 320), np.uint8)
+    for s in range(n_series):
+        folder = root / f"S{s:02d}"
+        folder.mkdir(parents=True)
+        series = f"1.2.826.0.1.3680043.8.498.1616.{s + 1}"
+        good = [black] * lead + [np.roll(grey, 5 * s + k, axis=1) for k in range(2)]
+        _grey_cine(folder / "a_good.dcm", good, series, f"{series}.1")
+        _grey_cine(folder / "b_late_reject.dcm", [black] * late, series, f"{series}.2")
+        _grey_cine(folder / "c_early_reject.dcm", [grey], series, f"{series}.3", box=(0, 0, 20, 20))
+    return root
+
+
+def _race(tmp_path: Path, n_series: int, runs: int, workers: int = 2) -> None:
+    src = _race_export(tmp_path / "src", n_series)
+    for run in range(runs):
         out = tmp_path / f"out{run}"
-        r = ingest(src, out, salt=SALT, workers=2, progress=False)
-        assert r.files_ingested == 5 and r.reasons == {"no_imaging_region": 5}, (run, r.reasons)
-        assert all((out / it["image"]).is_file() for it in _items(out))
+        r = ingest(src, out, salt=SALT, workers=workers, progress=False)
+        assert r.files_ingested == n_series, (run, r.reasons)  # every good cine, none lost to a removed folder
+        assert r.reasons == {"mostly_zero": n_series, "too_small": n_series}, (run, r.reasons)
+        items = _items(out)
+        assert len(items) == 2 * n_series and all((out / it["image"]).is_file() for it in items)
+        written = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
+        assert written == {it["image"] for it in items}, run  # no stray or temporary file
+        assert not [d for d in (out / "images").rglob("*") if d.is_dir() and not any(d.iterdir())], run
+
+
+def test_two_workers_never_lose_good_files_of_a_shared_series(tmp_path):
+    """A worker rejecting a file must not remove the series folder another worker is writing into (issue 16).
+
+    While one worker drops the black lead-in of a good cine (its series folder made and still empty), the
+    other rejects the two other files of that series. When a reject removed the "empty" folder, the good
+    cine's first write failed and it became ``internal_error``: aff88aa loses about half of the good cines of
+    every run of this export (the run count is the issue's; 3 series x 20 runs)."""
+    _race(tmp_path, n_series=3, runs=20)
+
+
+@pytest.mark.slow
+def test_two_workers_never_lose_good_files_of_a_shared_series_long(tmp_path):
+    _race(tmp_path, n_series=16, runs=20)
+    _race(tmp_path / "three", n_series=16, runs=5, workers=3)
+
+
+# A run of the ingester in its own process (so a regression kills that process, not the test session), with a
+# watcher thread that kills, by pid, whichever process of the run has the target file memory-mapped -- i.e.
+# is decoding it -- the way a decoder's native crash would (SIGSEGV) or a Rust panic / os.abort() does
+# (SIGABRT). Nothing is mocked: the process really dies half-way through decoding that file.
+_CRASH_RUN = r"""
+import json, os, signal, sys, threading, time, warnings
+warnings.filterwarnings("ignore")
+from busgen_monai.data.ingest import ingest, ingest_main
+
+target, how, args = sys.argv[1], sys.argv[3], json.loads(sys.argv[4])
+sig = getattr(signal, sys.argv[2]) if sys.argv[2] else None
+me, needle, killed = os.getpid(), os.fsencode(os.path.realpath(target)), []
+stop = threading.Event()
+
+
+def ppid(pid):
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return int(fh.read().rsplit(b")", 1)[1].split()[1])
+
+
+def ours(pid):  # this process or a descendant (workers are children of the forkserver, a child of this one)
+    for _ in range(4):
+        if pid == me:
+            return True
+        pid = ppid(pid)
+        if pid <= 1:
+            return False
+    return False
+
+
+def watch():
+    while not stop.is_set():
+        for name in os.listdir("/proc"):
+            try:
+                pid = int(name)
+                if not ours(pid):
+                    continue
+                with open(f"/proc/{pid}/maps", "rb") as fh:
+                    if needle not in fh.read():
+                        continue
+            except (OSError, ValueError, IndexError):
+                continue
+            killed.append(pid)
+            print(json.dumps({"killed": pid, "self": pid == me}), flush=True)
+            os.kill(pid, sig)
+            return
+        time.sleep(0.002)
+
+
+if sig:
+    threading.Thread(target=watch, daemon=True).start()
+if how == "api":
+    r = ingest(args["src"], args["out"], salt=args["salt"], progress=False, **args.get("kw", {}))
+    done = {"files_ingested": r.files_ingested, "files_resumed": r.files_resumed, "reasons": r.reasons,
+            "summary": r.summary()}
+else:
+    done = {"rc": ingest_main(args["argv"])}
+stop.set()
+print(json.dumps({**done, "killed": killed}), flush=True)
+"""
+
+
+def _crash_run(target: Path, sig: str, how: str, **args) -> dict:
+    """Run one ingestion (``how``: ``"api"``, keyword ``kw`` for :func:`ingest`, or ``"cli"`` with ``argv``) in
+    a fresh interpreter, killing with ``sig`` (``""``: no watcher) the process that decodes ``target``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", _CRASH_RUN, str(target), sig, how, json.dumps(args)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and lines and ("rc" in lines[-1] or "reasons" in lines[-1]), (
+        f"the run itself died (exit code {proc.returncode}) instead of recording a worker_crash; "
+        f"stdout: {proc.stdout[-2000:]} stderr: {proc.stderr[-2000:]}")
+    assert not any(line.get("self") for line in lines), "the decode ran in the run's own process"
+    return lines[-1]
+
+
+def _crash_export(src: Path) -> tuple[Path, str]:
+    """Three cines; the middle one (60 distinct frames, about half a second of decoding) is the one killed."""
+    grey = _grey()
+    src.mkdir()
+    for name, n, s in (("A.dcm", 3, 1), ("B_crashes.dcm", 60, 2), ("C.dcm", 3, 3)):
+        uid = f"1.2.826.0.1.3680043.8.498.1617.{s}"
+        _grey_cine(src / name, [np.roll(grey, 11 * s + 3 * k, axis=0) for k in range(n)], uid, f"{uid}.1")
+    return src / "B_crashes.dcm", file_id_of("B_crashes.dcm", SALT)
+
+
+def _check_crash_recorded(out: Path, crashed_id: str, sig: signal.Signals, ingested: int) -> None:
+    """The run finished: datalist, rejects and report written, the crash one transient reject, the other
+    files ingested, nothing of the crashed file left on disk."""
+    (reject,) = _rejects(out)
+    assert reject["file_id"] == crashed_id and reject["reason"] == "worker_crash", reject
+    assert f"exit code {-sig}, {sig.name}" in reject["detail"], reject  # the real death, as the OS reported it
+    report = json.loads((out / "ingest_report.json").read_text())
+    assert report["counts"]["transient"] == 1 and report["counts"]["rejected"] == 1, report["counts"]
+    items = _items(out)
+    assert len({it["provenance"]["file_id"] for it in items}) == ingested
+    assert crashed_id not in {it["provenance"]["file_id"] for it in items}
+    written = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
+    assert written == {it["image"] for it in items}  # no frame or temporary file of the crashed decode
+
+
+def _attempts(out: Path, file_id: str) -> int:
+    manifest = [json.loads(line) for line in (out / ".ingest/manifest.jsonl").read_text().splitlines()]
+    return [rec for rec in manifest if rec["file_id"] == file_id][-1]["attempts"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the decoding process through /proc")
+def test_decoder_crash_via_the_api_is_a_transient_reject_and_retried(tmp_path):
+    """Issue 16: a decoder that crashes its process (pylibjpeg-rle panicked on a mutant) must not take an
+    in-process run down -- Python API, defaults (isolated workers, no file timeout): the worker dies
+    (SIGSEGV) half-way through decoding one file, the run records ``worker_crash`` (transient), ingests the
+    rest and writes its outputs; re-runs retry the file up to ``max_attempts`` and then finish."""
+    target, crashed_id = _crash_export(tmp_path / "src")
+    out = tmp_path / "out"
+    api = dict(src=str(tmp_path / "src"), out=str(out), salt=SALT)
+
+    r = _crash_run(target, "SIGSEGV", "api", **api)
+    assert len(r["killed"]) == 1 and r["reasons"] == {"worker_crash": 1} and r["files_ingested"] == 2, r
+    assert "transient" in r["summary"]
+    _check_crash_recorded(out, crashed_id, signal.SIGSEGV, ingested=2)
+    assert _attempts(out, crashed_id) == 1
+
+    r = _crash_run(target, "SIGSEGV", "api", **api)  # retried: the decoder crashes again (attempt 2)
+    assert len(r["killed"]) == 1 and r["reasons"] == {"worker_crash": 1}, r
+    assert r["files_resumed"] == 2 and r["files_ingested"] == 2  # the others are kept from run 1
+    _check_crash_recorded(out, crashed_id, signal.SIGSEGV, ingested=2)
+    assert _attempts(out, crashed_id) == 2
+
+    r = _crash_run(target, "SIGSEGV", "api", **api, kw={"max_attempts": 2})  # limit reached: not decoded again
+    assert r["killed"] == [] and r["reasons"] == {"worker_crash": 1} and r["files_resumed"] == 3, r
+    _check_crash_recorded(out, crashed_id, signal.SIGSEGV, ingested=2)
+
+    r = _crash_run(target, "", "api", **api)  # a higher limit (default 3) retries it; it decodes this time
+    assert r["reasons"] == {} and r["files_ingested"] == 3 and r["files_resumed"] == 2, r
+    assert len({it["provenance"]["file_id"] for it in _items(out)}) == 3 and _rejects(out) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the decoding process through /proc")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_decoder_crash_with_no_file_timeout_via_the_cli(tmp_path, workers):
+    """``--file-timeout 0`` (no limit) still isolates: a worker aborting (SIGABRT, a Rust panic / os.abort())
+    in the middle of a decode is one ``worker_crash`` and the command succeeds (one worker: the run used to
+    decode in its own process and died with it)."""
+    target, crashed_id = _crash_export(tmp_path / "src")
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "src"), str(out), "--salt", SALT, "--no-progress", "--file-timeout", "0",
+            "--workers", workers]
+    r = _crash_run(target, "SIGABRT", "cli", argv=argv)
+    assert r["rc"] == 0 and len(r["killed"]) == 1, r
+    _check_crash_recorded(out, crashed_id, signal.SIGABRT, ingested=2)
 
 
 def test_second_run_into_a_locked_folder_fails_fast_and_nothing_is_lost(tmp_path):
