@@ -51,4 +51,4 @@ def test_main_job_end_to_end(tmp_path):
         assert im.mode == "L" and im.size == (64, 64)
     assert res["privacy"]["audit"]["guarded"]["passed"] is not None
     assert 0 < res["clean"]["summary"]["kept"] <= 128
-    assert 0.0 <= res["classify"]["test_auroc"] <= 1.0
+    assert 0.0 <= res["classify"]["test_auroc"]["estimate"] <= 1.0

@@ -34,7 +34,7 @@ def test_build_dataset_runs_the_transforms(phantom_path):
     codec = ConditionCodec.from_datalist(phantom_path)
     items = datalist_items(phantom_path, "training")
     ds = build_dataset(items, bus_train_transforms(codec, 32))
-    assert len(ds) == len(items) and ds[0]["image"].shape == (3, 32, 32)
+    assert len(ds) == len(items) and ds[0]["image"].shape == (1, 32, 32)  # grey
     cached = build_dataset(items, bus_train_transforms(codec, 32), cache_rate=1.0)
     assert cached[1]["cond"].shape == (1, codec.width)
     with pytest.raises(ValueError, match="no items"):

@@ -15,6 +15,7 @@ from busgen_monai.data.transforms import (
     EncodeConditionsd,
     IntensityJitterd,
     LoadRGBImaged,
+    LoadUltrasoundImaged,
     RandBoxFlipd,
     RandBoxSquareCropd,
     RandIntensityJitterd,
@@ -134,8 +135,13 @@ def test_intensity_jitter_is_bounded_and_reproducible():
 
 def test_load_mask_and_encode_on_phantom(phantom):
     item = datalist_items(phantom, "training")[0]
-    d = LoadRGBImaged("image")(item)
+    d = LoadRGBImaged("image")(item)  # the RGB option: grey replicated to three channels
     assert d["image"].shape == (3, 72, 96) and d["image"].dtype == torch.float32
+    grey = LoadUltrasoundImaged("image")(item)  # the default: one channel, ITU-R 601 luma of colour files
+    from busgen_monai.data.io import read_image_gray
+
+    assert grey["image"].shape == (1, 72, 96)
+    assert torch.equal(grey["image"][0], torch.from_numpy(read_image_gray(item["image"])).float())
     assert 0 <= d["image"].min() and d["image"].max() <= 255 and d["image"].max() > 1
     d = BoxMaskd()(d)
     assert d["box_mask"].shape == (1, 72, 96) and d["box_mask"].sum() > 0
@@ -158,7 +164,7 @@ def test_train_pipeline_output_matches_network_mask(phantom):
     for item in datalist_items(phantom, "training")[:4]:
         out = xform(item)
         assert set(out) == {"image", "box_mask", "cond"}
-        assert out["image"].shape == (3, 32, 32) and -1 <= out["image"].min() and out["image"].max() <= 1
+        assert out["image"].shape == (1, 32, 32) and -1 <= out["image"].min() and out["image"].max() <= 1  # grey
         assert out["cond"].shape == (1, codec.width)
         # the network draws exactly the transform's box mask from the packed boxes
         parts = unpack_conditions(out["cond"][None])
