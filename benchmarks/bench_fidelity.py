@@ -454,6 +454,8 @@ def main() -> int:
     p.add_argument("--n-boot", type=int, default=1000, help="patient-bootstrap replicates")
     p.add_argument("--judge-epochs", type=int, default=30, help="cleaning judge training epochs")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--arms-only", action="store_true", help="train the classifier arms of --settings and stop (run "
+                   "another invocation with other --settings in parallel; a last full run collects everything)")
     p.add_argument("--real-only", action="store_true", help="train only the real arms (no generator needed) and "
                    "stop; a later full run reuses them")
     args = p.parse_args()
@@ -496,6 +498,8 @@ def main() -> int:
                 arms.setdefault(setting, {}).setdefault(arm, []).append(r)
                 log(f"{setting}/{arm}/seed{seed}: test AUROC {r['auroc']:.3f} [{r['lower']:.3f}-{r['upper']:.3f}]")
 
+    if args.arms_only:
+        return 0
     shared = {"n_real": n_real, "steps": args.steps, "model_sha256": gen["model_sha256"]}
     cl = cached(out / "clean" / "result.json", {**shared, "judge_epochs": args.judge_epochs}, "clean",
                 lambda: clean_part(args, out, real, gen_1x))
