@@ -23,7 +23,7 @@ AUDIT = {"threshold": 0.95, "ssim_threshold": 0.85, "rule": "both", "progress": 
 
 @pytest.fixture(scope="module")
 def memorising(tmp_path_factory):
-    from busgen_monai.cli import run_bundle
+    from busgen_monai.bundle_run import run_bundle
     from busgen_monai.inferers import load_generator
     from busgen_monai.presets import get_preset
 
@@ -34,7 +34,8 @@ def memorising(tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("memorise")
     train, held = phantom_split(tmp / "data", 16, 16, size=64)
-    preset = get_preset("tiny", image_size=SIZE)
+    # the memorising setting keeps RGB (the phantom's tinted device): it was calibrated on three channels
+    preset = get_preset("tiny", image_size=SIZE, image_channels=3)
     model = train_memorising_generator(train, tmp / "models" / "model.pt", preset=preset, iterations=4000)
     run_bundle("cpsample", "train_protector", generator_checkpoint=str(model), datalist=str(train),
                preset_name="tiny", image_size=SIZE, channels=[16, 32, 32], max_iterations=3000, lr=0.002,
@@ -62,8 +63,8 @@ def test_protector_memorised_and_loss_attack_sees_the_training_set(memorising):
     p = memorising["protector"]
     assert p.metrics["memorised"] and min(p.metrics["accuracy_by_t"].values()) >= 0.99
     codec = memorising["codec"]
-    members = load_items_tensors(str(memorising["train"]), codec, SIZE, "training")
-    held = load_items_tensors(str(memorising["held"]), codec, SIZE, "test")
+    members = load_items_tensors(str(memorising["train"]), codec, SIZE, "training", image_channels=3)
+    held = load_items_tensors(str(memorising["held"]), codec, SIZE, "test", image_channels=3)
     res = loss_attack(memorising["network"], members, held, build_scheduler(memorising["preset"]))
     assert res["auc"] >= 0.9, res["auc"]
 

@@ -37,8 +37,10 @@ def load_items_tensors(
     image_size: int,
     splits: str | Sequence[str] = "training",
     use_birads: bool = False,
+    image_channels: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``(N, 3, S, S)`` in ``[-1, 1]`` and packed conditions ``(N, 1, K)`` of datalist items, with the
+    """Images ``(N, C, S, S)`` (``image_channels``: the generator's, 1 = grey) in ``[-1, 1]`` and packed conditions
+    ``(N, 1, K)`` of datalist items, with the
     generator's deterministic preprocessing (the pretrain bundle's validation pipeline: centred box-keeping square
     crop, resize)."""
     from busgen_monai.data.dataset import datalist_items
@@ -48,7 +50,8 @@ def load_items_tensors(
         datalist_items(source, splits)
     if not items:
         raise ValueError("no items to load")
-    tf = bus_train_transforms(codec, int(image_size), augment=False, use_birads=use_birads)
+    tf = bus_train_transforms(codec, int(image_size), augment=False, use_birads=use_birads,
+                              image_channels=int(image_channels))
     rows = [tf(dict(it)) for it in items]
     images = torch.stack([torch.as_tensor(r["image"]).float().as_subclass(torch.Tensor) for r in rows])
     conds = torch.stack([torch.as_tensor(r["cond"]).float().as_subclass(torch.Tensor) for r in rows])
@@ -170,9 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = int(args.image_size or preset["image_size"])
     network, codec = load_generator(args.checkpoint, preset, device=args.device)
     heldout_splits = [s for s in args.heldout_splits.split(",") if s]
-    members = load_items_tensors(args.training, codec, size, "training")
+    ch = int(getattr(network, "image_channels", 1))  # the generator's channel count
+    members = load_items_tensors(args.training, codec, size, "training", image_channels=ch)
     heldout = load_datalist(args.heldout, check_files=False)
-    non = load_items_tensors(heldout, codec, size, [s for s in heldout_splits if heldout.get(s)])
+    non = load_items_tensors(heldout, codec, size, [s for s in heldout_splits if heldout.get(s)], image_channels=ch)
     result: dict[str, Any] = {"loss_attack": loss_attack(network, members, non, build_scheduler(preset),
                                                          n_noise=args.n_noise, seed=args.seed, device=args.device)}
     result["proximity_attack"] = {

@@ -83,7 +83,8 @@ def train_memorising_generator(
     data = datalist if isinstance(datalist, Mapping) else load_datalist(datalist)
     codec = ConditionCodec.from_datalist(data, max_boxes=max_boxes)
     items = datalist_items(data, "training")
-    tf = bus_train_transforms(codec, size, augment=False, use_birads=False, keep_keys=("image", "cond"))
+    tf = bus_train_transforms(codec, size, augment=False, use_birads=False, keep_keys=("image", "cond"),
+                              image_channels=int(preset.get("image_channels", 1)))
     rows = [tf(dict(it)) for it in items]
     set_determinism(seed=seed)
     rows = [{"image": torch.as_tensor(r["image"]).float().as_subclass(torch.Tensor),
@@ -115,8 +116,12 @@ def train_memorising_generator(
 
     trainer.run()
     set_determinism(seed=None)
+    from busgen_monai.presets import trained_settings
+
     payload = {"network": {k: v.detach().cpu() for k, v in network.state_dict().items()}, "codec": codec.to_dict(),
-               "network_kwargs": {}, "memorising": {"iterations": int(trainer.state.iteration), "image_size": size,
+               "network_kwargs": dict(network.init_args),
+               "settings": trained_settings(preset, name=preset.get("name"), image_size=size),
+               "memorising": {"iterations": int(trainer.state.iteration), "image_size": size,
                                                     "n_images": len(rows), "lr": lr, "seed": seed,
                                                     "preset": preset.get("name")}}
     return atomic_torch_save(payload, out_file)
