@@ -177,13 +177,14 @@ def generate(args, out: Path, real: Path, n_needed: int) -> dict:
                              guidance_w=settings["guidance_w"], num_inference_steps=args.steps, chunk_size=16,
                              provenance={"checkpoint": ckpt.name, "model_sha256": file_sha256(ckpt)}, progress=True)
     if res.generated:  # s/image counts only runs that generated something (a resume that finds all done adds 0)
-        timing = {"seconds": timing["seconds"] + time.perf_counter() - t0, "images": timing["images"] + res.generated}
+        timing = {"seconds": timing["seconds"] + time.perf_counter() - t0, "images": timing["images"] + res.generated,
+                  "threads": torch.get_num_threads()}
         write_json(folder / "timing.json", timing)
     TIMES["generate"] = round(timing["seconds"], 1)
     return {"folder": str(folder), "n": n, "image_size": settings["image_size"], "steps": args.steps,
             "guidance_w": settings["guidance_w"], "checkpoint": str(ckpt), "model_sha256": file_sha256(ckpt),
             "s_per_image": timing["seconds"] / timing["images"] if timing["images"] else None,
-            "timed_images": timing["images"], "threads": torch.get_num_threads(),
+            "timed_images": timing["images"], "threads": timing.get("threads", torch.get_num_threads()),
             "sample_grid": str(folder / "sample_grid.png")}
 
 
