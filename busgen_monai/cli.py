@@ -326,31 +326,28 @@ def cmd_sample(args) -> int:
 def cmd_export(args) -> int:
     """``busgen export``: a training checkpoint -> ``model.pt`` (sampling weights, codec, network arguments,
     settings) and, with ``--datalist``, a ``box_prior.json`` next to it."""
-    from .inferers import BoxPrior, export_generator, read_checkpoint, resolve_checkpoint
     from .data.schema import iter_items, load_datalist
+    from .inferers import BoxPrior, export_generator, generator_settings, read_checkpoint, resolve_checkpoint
+    from .inferers.generate import device_weights_from
 
     ckpt = resolve_checkpoint(args.checkpoint)
-    state = read_checkpoint(ckpt)
+    state = read_checkpoint(ckpt)  # read once; export_generator takes the state
     out = Path(args.out)
-    extra = {}
     settings = None
     if args.datalist:
         data = load_datalist(args.datalist, check_files=False)
         train = [it for split, _, it in iter_items(data) if split == "training"]
-        counts: dict[str, int] = {}
-        for it in train:
-            counts[it["device"]] = counts.get(it["device"], 0) + 1
-        from .inferers import generator_settings
-
+        devices = sorted({it["device"] for it in train})
+        weights = device_weights_from(data, devices)
         settings = {**generator_settings(state, args.preset),
-                    "device_mix": {d: round(c / len(train), 6) for d, c in sorted(counts.items())}}
+                    "device_mix": {d: round(w / sum(weights), 6) for d, w in zip(devices, weights)}}
         prior = BoxPrior().fit(train, seed=args.seed)
         if args.prior_points:
             prior = prior.resampled(args.prior_points, seed=args.seed)
         prior.save(out.parent / "box_prior.json")
         print(f"box prior: {out.parent / 'box_prior.json'}")
-    path = export_generator(ckpt, out, use_ema=not args.no_ema, preset=args.preset, dtype=args.dtype,
-                            settings=settings, extra=extra or None)
+    path = export_generator(state, out, use_ema=not args.no_ema, preset=args.preset, dtype=args.dtype,
+                            settings=settings)
     from .utils.io import file_sha256
 
     print(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)})")

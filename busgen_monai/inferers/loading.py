@@ -179,12 +179,13 @@ def load_generator(
     return network.to(device).eval(), codec
 
 
-def export_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
+def export_generator(checkpoint: str | os.PathLike | Mapping[str, Any], out: str | os.PathLike, use_ema: bool = True,
                      network_kwargs: Mapping[str, Any] | None = None, preset: str | Mapping[str, Any] | None = None,
                      dtype: torch.dtype | str | None = None, settings: Mapping[str, Any] | None = None,
                      extra: Mapping[str, Any] | None = None) -> Path:
     """Write a small model file (weights to sample with + codec + network kwargs + settings) for packaging/sharing.
 
+    ``checkpoint``: a path, or a checkpoint already read with :func:`read_checkpoint`.
     ``network_kwargs`` and ``settings`` default to the checkpoint's own (``preset`` is the fallback for old
     checkpoints); ``dtype="float16"`` halves the file (floating-point weights only; :func:`load_generator` casts back
     to float32). ``extra``: further plain-JSON entries (e.g. ``provenance``). The file loads with
@@ -192,8 +193,9 @@ def export_generator(checkpoint: str | os.PathLike, out: str | os.PathLike, use_
     """
     from ..utils.io import atomic_torch_save
 
-    state = read_checkpoint(checkpoint)
-    kwargs = dict(network_kwargs) if network_kwargs else network_kwargs_of(state, preset, source=str(checkpoint))
+    source = "checkpoint" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    state = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    kwargs = dict(network_kwargs) if network_kwargs else network_kwargs_of(state, preset, source=source)
     weights = generator_state(state, use_ema)
     if dtype is not None:
         dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
