@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real data lives, and skips with a reason when it is absent."""
+"""Shared fixtures for tests/ and the plugins' own tests (plugins/*/tests): where the real data lives, and skips with a reason when it is absent."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("BUSGEN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 BUS_BRA = SHARED_DATA / "bus_bra"
 DICOM_DIR = SHARED_DATA / "dicom"
