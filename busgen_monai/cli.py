@@ -274,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("bundle")
     vf.add_argument("--base", default=None, help="base checkpoint (adapter-only bundles)")
     vf.add_argument("--no-sample", action="store_true", help="skip the load-and-sample round trip")
+    # plugin commands: listed here with their plugin, parsed by the plugin's own main(argv) (see _main)
+    from .plugins import discover_plugins
+
+    reg = discover_plugins()
+    for name, (plugin, _target) in sorted(reg.commands().items()):
+        if name not in sub.choices:
+            sub.add_parser(name, add_help=False, help=f"[plugin {plugin}] see `busgen {name} --help`")
     return p
 
 
@@ -399,12 +406,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+_CORE_COMMANDS = ("plugins", "bundles", "run", "phantom", "datalist", "ingest", "demo", "package", "sample", "export",
+                  "verify")
+
+
 def _main(argv: list[str]) -> int:
     parser = build_parser()
     # delegated commands keep their own argument parsers
     if argv and argv[0] == "ingest":
         return _delegate("busgen_monai.data.ingest.ingest_main", argv[1:])
-    if argv and not argv[0].startswith("-") and argv[0] not in parser._subparsers._group_actions[0].choices:
+    if argv and not argv[0].startswith("-") and argv[0] not in _CORE_COMMANDS:
         from .plugins import discover_plugins
 
         commands = discover_plugins().commands()

@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "PUBLIC_API",
     "Plugin",
     "PluginRegistry",
     "PluginLoadError",
@@ -46,6 +47,25 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "busgen_monai.plugins"
+
+#: Modules (and their sub-modules) a plugin may import. Everything else (``busgen_monai.cli``, the main job in
+#: ``busgen_monai.pipeline``, names starting with ``_``) is internal and may change without notice.
+#: ``tests/test_architecture.py`` fails when a plugin imports outside this list; docs/architecture.md explains it.
+PUBLIC_API = (
+    "busgen_monai.plugins",
+    "busgen_monai.bundle_run",
+    "busgen_monai.utils",
+    "busgen_monai.safe_load",
+    "busgen_monai.presets",
+    "busgen_monai.data",
+    "busgen_monai.networks",
+    "busgen_monai.schedulers",
+    "busgen_monai.inferers",
+    "busgen_monai.engines",
+    "busgen_monai.adaptation",
+    "busgen_monai.evaluation",
+    "busgen_monai.visualize",
+)
 logger = logging.getLogger(__name__)
 
 

@@ -93,3 +93,48 @@ def test_plugins_and_main_job_do_not_import_the_cli_module():
                                                      (node.level and node.module == "cli")):
                 offenders.append(str(f.relative_to(ROOT)))
     assert offenders == [], f"import busgen_monai.bundle_run instead of the CLI module: {offenders}"
+
+
+def _project_imports(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("busgen_monai"):
+            out += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.startswith("busgen_monai")]
+    return out
+
+
+def _public(name: str) -> bool:
+    from busgen_monai.plugins import PUBLIC_API
+
+    return name == "busgen_monai" or any(name == p or name.startswith(p + ".") for p in PUBLIC_API)
+
+
+def test_plugins_import_only_the_public_api():
+    offenders = []
+    for f in (ROOT / "plugins").glob("*/busgen_*/**/*.py"):
+        for name in _project_imports(f):
+            if not _public(name) or any(part.startswith("_") for part in name.split(".")[1:]):
+                offenders.append(f"{f.relative_to(ROOT)}: {name}")
+    assert offenders == [], offenders
+    assert not _public("busgen_monai.cli") and not _public("busgen_monai.pipeline") and _public("busgen_monai.data.io")
+
+
+def test_no_test_skips_when_project_code_fails_to_import():
+    """A broken plugin or module must fail its tests, not skip them silently."""
+    offenders = []
+    for f in list((ROOT / "tests").rglob("test_*.py")) + list((ROOT / "plugins").glob("*/tests/test_*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "importorskip" and node.args
+                    and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("busgen")):
+                offenders.append(f"{f.relative_to(ROOT)}: {node.args[0].value}")
+    assert offenders == [], offenders
+
+
+def test_each_plugin_keeps_its_tests_next_to_it():
+    for setup in (ROOT / "plugins").glob("*/setup.cfg"):
+        tests = sorted((setup.parent / "tests").glob("test_*.py"))
+        assert tests, f"{setup.parent.name} has no tests in {setup.parent / 'tests'}"
+        assert not (setup.parent / "tests" / "__init__.py").exists()  # would shadow the top-level tests package
+    assert not (ROOT / "tests" / "plugins").exists()

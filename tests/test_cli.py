@@ -22,6 +22,22 @@ def test_help_everywhere(argv, capsys):
     assert "usage: busgen" in out and len(out) > 200
 
 
+def test_plugin_commands_listed_in_help_and_errors_are_one_line(tmp_path, capsys):
+    from busgen_monai.plugins import discover_plugins
+
+    commands = discover_plugins().commands()
+    assert {"clean", "train-protector", "classify-export"} <= set(commands)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name, (plugin, _) in commands.items():
+        assert f"[plugin {plugin}]" in out and name in out
+    # a plugin command's failure goes through the same one-line error handling as the core commands
+    assert main(["classify-export", "--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.ts")]) != 0
+    err = capsys.readouterr().err
+    assert "missing.pt" in err and "Traceback" not in err
+
+
 def test_console_script_installed():
     exe = shutil.which("busgen") or str(__import__("pathlib").Path(sys.executable).parent / "busgen")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout

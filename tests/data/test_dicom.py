@@ -52,7 +52,7 @@ def _frames(path, **kw) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    pacs = pytest.importorskip("busgen_monai.data.pacs_export")
+    from busgen_monai.data import pacs_export as pacs
     out = tmp_path_factory.mktemp("pacs")
     root = pacs.write_pacs_export(out, n_patients=4, seed=3)
     truth = json.loads((out / "ground_truth.json").read_text())

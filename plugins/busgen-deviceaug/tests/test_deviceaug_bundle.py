@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("busgen_deviceaug")
-
 from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
 
 from busgen_monai.data.phantom import write_dataset  # noqa: E402

@@ -12,8 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("busgen_cpsample")
-
 pytestmark = pytest.mark.slow
 
 SIZE = 16

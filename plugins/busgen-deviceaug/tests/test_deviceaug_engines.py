@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("busgen_deviceaug")
-
 from monai.networks.nets import PatchDiscriminator  # noqa: E402
 
 from busgen_deviceaug.engines import (  # noqa: E402

@@ -6,8 +6,6 @@ import time
 
 import pytest
 
-pytest.importorskip("busgen_classify", reason="busgen-classify is not installed (pip install -e plugins/busgen-classify)")
-
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("limit,epochs", [

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("busgen_classify", reason="busgen-classify is not installed (pip install -e plugins/busgen-classify)")
-
 
 def test_scaling_tiny_real_vs_generated(tmp_path):
     import contextlib

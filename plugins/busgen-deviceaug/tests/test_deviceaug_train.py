@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("busgen_deviceaug")
-
 from busgen_monai.data.phantom import generate_case, write_dataset  # noqa: E402
 from busgen_monai.data.schema import iter_items, load_datalist  # noqa: E402
 

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-busgen_classify = pytest.importorskip(
-    "busgen_classify", reason="busgen-classify is not installed (pip install -e plugins/busgen-classify)")
-
-import torch  # noqa: E402
+import busgen_classify
+import torch
 
 from busgen_monai.plugins import discover_plugins  # noqa: E402
 

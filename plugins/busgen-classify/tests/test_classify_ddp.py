@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("busgen_classify", reason="busgen-classify is not installed (pip install -e plugins/busgen-classify)")
-
 
 def _free_port() -> int:
     with socket.socket() as s:

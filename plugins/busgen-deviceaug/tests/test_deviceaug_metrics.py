@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("busgen_deviceaug")
-
 from busgen_deviceaug.metrics import DeviceClassifier, lesion_region, lesion_ssim, to_gray  # noqa: E402
 
 

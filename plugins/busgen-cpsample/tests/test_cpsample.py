@@ -14,8 +14,6 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("busgen_cpsample")
-
 from monai.networks.schedulers import DDIMScheduler  # noqa: E402
 
 from busgen_monai.data.phantom import write_dataset  # noqa: E402
@@ -420,7 +418,7 @@ def test_train_protector_cli_and_guarded_sample_bundle(phantom, generator_file, 
     assert p.items[0] == "images/ph_000000.png" and p.metrics["iterations"] == 20
     assert "accuracy_by_t" in p.metrics
 
-    bundle = Path(__file__).resolve().parents[2] / "bundles" / "busgen_sample"
+    bundle = Path(__file__).resolve().parents[3] / "bundles" / "busgen_sample"
     overlay = discover_plugins()["cpsample"].bundle_paths()["cpsample"] / "configs" / "guard_overlay.json"
     out = tmp_path / "sampled"
     run(config_file=[str(bundle / "configs" / "inference.json"), str(overlay)], bundle_root=str(bundle),

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("busgen_deviceaug")
-
 from monai.data import DataLoader, Dataset, MetaTensor  # noqa: E402
 
 from busgen_monai.plugins import AugmentationTransform  # noqa: E402
