@@ -1,0 +1,110 @@
+"""Run the ``bus_detector`` bundle in-process from Python (the same configs ``python -m monai.bundle run`` uses),
+and the main job's ``detect`` stage on the phantom.
+
+Example::
+
+    from busgen_detect.workflow import train, evaluate
+    train(["presets/cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/det")
+    rep = evaluate(["presets/cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/det")
+    rep["results"]["detection"]["ap50"]
+
+Overrides are MONAI config ids (``max_epochs``, ``train#trainer#max_epochs``); values are Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bundle_root", "config_files", "run_bundle", "train", "evaluate", "infer", "lesion_free_phantom",
+           "phantom_stage"]
+
+
+def bundle_root() -> Path:
+    """The folder of the ``bus_detector`` bundle shipped with this plugin."""
+    return Path(__file__).resolve().parent / "bundles" / "bus_detector"
+
+
+def config_files(configs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
+    """Config names (``train``, ``presets/cpu_tiny``) or paths -> existing file paths, in order."""
+    root = Path(root) if root is not None else bundle_root()
+    out = []
+    for c in configs:
+        p = Path(c)
+        found = next((q for q in (p, root / "configs" / p, root / "configs" / f"{c}.json") if q.is_file()), None)
+        if found is None:
+            have = sorted(str(q.relative_to(root / "configs").with_suffix("")) for q in (root / "configs").rglob("*.json"))
+            raise FileNotFoundError(f"bus_detector has no config {str(c)!r}; it has {have}")
+        out.append(str(found.resolve()))
+    return out
+
+
+def run_bundle(configs: Sequence[str | os.PathLike], overrides: Mapping[str, Any] | None = None, run: bool = True):
+    """``monai.bundle.ConfigWorkflow`` from config files (merged in order) and overrides: initialise, run,
+    finalise. Returns the workflow (``wf.parser.get_parsed_content(id)`` gives any object it built)."""
+    from monai.bundle import ConfigWorkflow
+
+    root = bundle_root()
+    kwargs = {"bundle_root": str(root), **dict(overrides or {})}
+    wf = ConfigWorkflow(config_file=config_files(configs), meta_file=str(root / "configs" / "metadata.json"),
+                        logging_file=False, workflow_type=None, **kwargs)
+    wf.initialize()
+    if run:
+        wf.run()
+        wf.finalize()
+    return wf
+
+
+def train(presets: Sequence[str] = (), **overrides: Any) -> dict[str, Any]:
+    """``train.json`` + presets + overrides. Returns ``{"workflow", "network", "output_dir", "summary"}``."""
+    wf = run_bundle(["train", *presets], overrides)
+    out_dir = wf.parser.get_parsed_content("output_dir")
+    path = Path(out_dir) / "training_summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    return {"workflow": wf, "network": wf.parser.get_parsed_content("network"), "output_dir": out_dir, "summary": summary}
+
+
+def evaluate(presets: Sequence[str] = (), **overrides: Any) -> dict[str, Any]:
+    """``train.json`` + ``evaluate.json`` + presets + overrides; returns what
+    :func:`busgen_detect.report.write_detection_report` returns."""
+    wf = run_bundle(["train", "evaluate", *presets], overrides, run=False)
+    wf.run()
+    return wf.parser.get_parsed_content("evaluate#report", lazy=True)
+
+
+def infer(presets: Sequence[str] = (), **overrides: Any) -> str:
+    """``train.json`` + ``inference.json`` + presets + overrides; returns the predictions folder."""
+    wf = run_bundle(["train", "inference", *presets], overrides)
+    return str(wf.parser.get_parsed_content("predictions_dir"))
+
+
+def lesion_free_phantom(out_dir: str | os.PathLike, n: int = 24, size: int = 128, seed: int = 1) -> str:
+    """A phantom data set of ``normal`` (lesion-free) images, all in the test split; returns its datalist path.
+    The main job's phantom has lesions in every image; this adds the normal images the detector's
+    false-positive count needs."""
+    from busgen_monai.data.phantom import write_dataset
+
+    return str(write_dataset(out_dir, n=int(n), seed=int(seed), size=(int(size), int(size)), pathologies=("normal",),
+                             split_fractions=(0.0, 0.0, 1.0)))
+
+
+def phantom_stage(datalist: str | os.PathLike, out_dir: str | os.PathLike, max_epochs: int = 12, n_lesion_free: int = 24,
+                  n_bootstrap: int = 1000, presets: Sequence[str] = ("presets/cpu_tiny",), **overrides: Any) -> dict[str, Any]:
+    """The main job's ``detect`` stage: train the tiny detector on a phantom datalist's training split (model
+    selection on its validation split), evaluate on its test split plus ``n_lesion_free`` lesion-free phantom
+    images, write the report. Returns ``{"report", "ap50", "ap_small", "froc_mean", "lesion_free",
+    "output_dir", "seconds"}``."""
+    out = Path(out_dir)
+    t0 = time.time()
+    normal = lesion_free_phantom(out / "lesion_free", n=n_lesion_free) if n_lesion_free > 0 else None
+    common = {"datalists": [str(datalist)], "output_dir": str(out), "max_epochs": int(max_epochs), **overrides}
+    train(presets, **common)
+    rep = evaluate(presets, lesion_free_datalists=[normal] if normal else [], n_bootstrap=int(n_bootstrap), **common)
+    det = rep["results"]["detection"]
+    return {"report": rep["report"], "ap50": det["ap50"]["estimate"], "ap_small": det["ap_small"]["estimate"],
+            "froc_mean": det["froc_mean"], "lesion_free": det.get("lesion_free"), "output_dir": str(out),
+            "seconds": round(time.time() - t0, 1)}
