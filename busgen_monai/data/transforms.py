@@ -39,7 +39,7 @@ from monai.transforms import (
 )
 
 from busgen_monai.data.io import read_image_gray, read_image_rgb
-from busgen_monai.networks.conditions import ConditionCodec, render_box_mask
+from .conditions import ConditionCodec, render_box_mask
 
 __all__ = [
     "box_preserving_window",
@@ -376,7 +376,7 @@ class RandIntensityJitterd(RandomizableTransform, MapTransform):
 # ---------------------------------------------------------------------------------------------- conditions
 class BoxMaskd(MapTransform):
     """Render the boxes as a binary mask ``(1, H, W)`` (H, W of ``ref_key``) under ``mask_key``: the same pixels the
-    network's box-mask channel uses (:func:`busgen_monai.networks.conditions.render_box_mask`)."""
+    network's box-mask channel uses (:func:`busgen_monai.data.conditions.render_box_mask`)."""
 
     def __init__(self, box_key: str = "boxes", mask_key: str = "box_mask", ref_key: str = "image") -> None:
         super().__init__([box_key], allow_missing_keys=True)

@@ -1,4 +1,9 @@
-"""Conditional diffusion network(s) built on :mod:`monai.networks.nets`, and the condition encoding they read."""
+"""Conditional diffusion network(s) built on :mod:`monai.networks.nets`.
+
+The condition encoding the network reads (:class:`ConditionCodec`, the packed condition tensor) is the data contract
+and lives in :mod:`busgen_monai.data.conditions`; it is re-exported here (and from ``busgen_monai.networks.conditions``)
+for one release.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from .conditional_unet import (
     FourierBoxEmbedding,
     count_parameters,
 )
-from .conditions import (
+from busgen_monai.data.conditions import (
     CONDITION_KEYS,
     ConditionCodec,
     Conditions,

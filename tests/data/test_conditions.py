@@ -1,4 +1,5 @@
-"""Condition encoding: packed layout, null values, dropout, codec vocabularies, box masks."""
+"""Tests for busgen_monai.data.conditions (condition encoding): packed layout, null values, dropout, codec
+vocabularies, box masks; and the re-export from busgen_monai.networks kept for one release."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from busgen_monai.data.devices import default_vocabulary
-from busgen_monai.networks.conditions import (
+from busgen_monai.data.conditions import (
     CONDITION_KEYS,
     ConditionCodec,
     condition_width,
@@ -128,3 +129,16 @@ def test_render_box_mask_covers_touched_pixels_and_is_flip_symmetric():
     m2 = render_box_mask(flipped, None, (13, 17))
     assert torch.equal(m1.flip(-1), m2)
     assert render_box_mask(torch.zeros(2, 0, 4), None, (4, 4)).sum() == 0
+
+
+def test_networks_still_re_exports_the_codec_for_one_release():
+    import busgen_monai.data.conditions as contract
+    import busgen_monai.networks as networks
+    import busgen_monai.networks.conditions as old
+
+    for name in contract.__all__:  # the same objects, so checkpoints and configs naming the old path still work
+        assert getattr(old, name) is getattr(contract, name), name
+    assert networks.ConditionCodec is contract.ConditionCodec
+    assert networks.pack_conditions is contract.pack_conditions
+    codec = networks.ConditionCodec(["benign", "malignant"])
+    assert contract.ConditionCodec.from_dict(codec.to_dict()).pathologies == codec.pathologies
