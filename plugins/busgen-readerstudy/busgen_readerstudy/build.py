@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import logging
+import math
 import random
 import secrets
 from collections import defaultdict
@@ -40,7 +41,7 @@ import numpy as np
 
 from busgen_monai.utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 
-__all__ = ["build_study", "load_study", "StudyError", "main"]
+__all__ = ["build_study", "load_study", "square_window", "StudyError", "main"]
 
 logger = logging.getLogger(__name__)
 STUDY_VERSION = 1
@@ -81,6 +82,36 @@ def _draw(items: list[dict], n: int, rng: random.Random) -> list[dict]:
     return chosen
 
 
+def square_window(height: int, width: int, boxes: Any) -> tuple[int, int, int]:
+    """``(x0, y0, side)`` of the largest square that holds every (normalised ``[x1, y1, x2, y2]``) box, centred
+    between its extreme positions: the window of the pretrain bundle's validation preprocessing
+    (``busgen_monai.data.transforms.box_preserving_window(h, w, boxes, scale=1, position=(0.5, 0.5),
+    min_scale=1)``, which the tests use as the oracle). Restated here so that building a study does not import
+    torch (about 15 s on a busy machine)."""
+    arr = np.asarray(boxes if boxes is not None else [], dtype=np.float64).reshape(-1, 4)
+    smax = min(height, width)
+    u = None
+    need = 0
+    if len(arr):
+        ux1, uy1 = math.floor(arr[:, 0].min() * width + 1e-6), math.floor(arr[:, 1].min() * height + 1e-6)
+        ux2, uy2 = math.ceil(arr[:, 2].max() * width - 1e-6), math.ceil(arr[:, 3].max() * height - 1e-6)
+        need = max(ux2 - ux1, uy2 - uy1, 1)
+        u = (ux1, uy1, ux2, uy2)
+    side = max(need, smax, 1)
+
+    def axis(extent: int, u1: int | None, u2: int | None) -> int:
+        lo, hi = min(0, extent - side), max(0, extent - side)
+        if u1 is not None:
+            lo, hi = max(u2 - side, lo), min(u1, hi)
+        if lo > hi:
+            lo = hi = int(round((u1 + u2 - side) / 2))
+        return int(round(lo + 0.5 * (hi - lo)))
+
+    if u is None:
+        return axis(width, None, None), axis(height, None, None), side
+    return axis(width, u[0], u[2]), axis(height, u[1], u[3]), side
+
+
 def _harmonise(path: str, boxes: Any, size: int | None) -> np.ndarray:
     """Grey uint8 array: the square window around the lesion boxes, area-resized to ``size`` x ``size``."""
     from PIL import Image
@@ -90,10 +121,8 @@ def _harmonise(path: str, boxes: Any, size: int | None) -> np.ndarray:
         grey = np.asarray(im.convert("L"))
     if size is None:
         return grey
-    from busgen_monai.data.transforms import box_preserving_window
-
     h, w = grey.shape
-    x0, y0, side = box_preserving_window(h, w, boxes or [], scale=1.0, position=(0.5, 0.5), min_scale=1.0)
+    x0, y0, side = square_window(h, w, boxes)
     canvas = np.zeros((side, side), dtype=np.uint8)
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + side, w), min(y0 + side, h)
