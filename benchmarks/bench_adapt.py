@@ -101,7 +101,8 @@ def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_
     t_pre = time.time() - t0
     # ---- adapt on Toshiba
     ad_out = out / "adapt"
-    run(config_file=str(ROOT / "bundles/busgen_adapt/configs/train.json"), bundle_root=str(ROOT / "bundles/busgen_adapt"),
+    run(config_file=[str(ROOT / "bundles/busgen_pretrain/configs/train.json"),  # the adapt config overlays it
+                     str(ROOT / "bundles/busgen_adapt/configs/train.json")], bundle_root=str(ROOT / "bundles/busgen_adapt"),
         base_checkpoint=str(base_ckpt), datalist=str(adapt_dl), output_dir=str(ad_out), max_epochs=adapt_epochs,
         batch_size=8, lr=lr, lora_rank=lora_rank, progress_bar=False, sample_steps=5, val_num_items=8, sample_interval=1000, log_every=50,
         early_stopping_patience=0)

@@ -65,14 +65,54 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+BASE_KEY = "_base_"
+
+
+def config_bases(path: Path, _seen: tuple[Path, ...] = ()) -> list[Path]:
+    """The files a config overlays, in merge order, ending with ``path`` itself.
+
+    An overlay config names the config it extends in a top-level ``"_base_"`` key (a path, or a list of paths,
+    relative to the overlay file), e.g. the adapt bundle's ``train.json`` extends the pretrain ``train.json`` and
+    holds only what differs. ``python -m monai.bundle run`` merges a list of config files in order
+    (``--config_file "['base.json','overlay.json']"``): this returns that list. Bases are followed recursively;
+    a cycle or a missing base is an error naming the file.
+    """
+    path = path.resolve()
+    if path in _seen:
+        raise ValueError(f"config {path} extends itself through {BASE_KEY!r}: {[str(p) for p in _seen]}")
+    if path.suffix != ".json":
+        return [path]
+    try:
+        bases = json.loads(path.read_text()).get(BASE_KEY) or []
+    except (json.JSONDecodeError, AttributeError):
+        return [path]  # not a JSON object: monai.bundle reports it when it loads the file
+    out: list[Path] = []
+    for base in [bases] if isinstance(bases, str) else bases:
+        base_path = (path.parent / base).resolve()
+        if not base_path.is_file():
+            raise ValueError(f"{path}: {BASE_KEY!r} names {base!r}, which does not exist ({base_path})")
+        out += [p for p in config_bases(base_path, _seen + (path,)) if p not in out]
+    return out + [path]
+
+
 def declared_keys(config_files: Sequence[str | Path]) -> dict[str, Any]:
     """Top-level keys (and their raw values) declared by the config files, later files overriding earlier."""
-    merged: dict[str, Any] = {}
-    for f in config_files:
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import merge_kv
+
+    files: list[Path] = []
+    for f in config_files:  # an overlay brings the configs it extends ("_base_")
+        files += [p for p in config_bases(Path(f)) if p not in files]
+    merged = ConfigParser(config={})
+    for f in files:
         data = _load(Path(f))
         if isinstance(data, Mapping):
-            merged.update(data)
-    return merged
+            for key, value in data.items():  # as monai.bundle merges them: "a#b" nests, "+key" extends
+                try:
+                    merge_kv(merged, key, value)
+                except (KeyError, IndexError, ValueError):
+                    merged.config[key] = value
+    return merged.get()
 
 
 def _has_path(cfg: Any, parts: Sequence[str]) -> bool:

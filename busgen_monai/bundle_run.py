@@ -11,7 +11,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["resolve_bundle", "resolve_configs", "parse_overrides", "run_bundle", "all_bundles", "configs_of"]
+from .bundle_check import BASE_KEY, config_bases
+
+__all__ = ["resolve_bundle", "resolve_configs", "config_bases", "BASE_KEY", "parse_overrides", "run_bundle", "all_bundles", "configs_of"]
 
 
 def _all_bundles() -> dict[str, Path]:
@@ -44,8 +46,9 @@ def _configs_of(bundle: Path) -> list[str]:
 
 
 def resolve_configs(bundle: Path, config: str) -> list[Path]:
-    """Config files for ``config``: a name (``train``), a comma list merged in order (``train,presets/tiny``), or paths."""
-    files = []
+    """Config files for ``config``: a name (``train``), a comma list merged in order (``train,presets/tiny``), or
+    paths; each preceded by the configs it extends (``"_base_"``, see :func:`config_bases`)."""
+    files: list[Path] = []
     for part in config.split(","):
         part = part.strip()
         cand = [Path(part), bundle / "configs" / part]
@@ -53,7 +56,7 @@ def resolve_configs(bundle: Path, config: str) -> list[Path]:
         found = next((c for c in cand if c.is_file()), None)
         if found is None:
             raise ValueError(f"bundle {bundle.name} has no config {part!r}; it has {_configs_of(bundle)}")
-        files.append(found.resolve())
+        files += [p for p in config_bases(found) if p not in files]
     return files
 
 

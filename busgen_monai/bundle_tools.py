@@ -15,7 +15,7 @@
 Two forms: ``adapter`` (adapter-only weights; the base is referenced by name, version and hash, and inference needs
 ``--base_checkpoint PATH``) and ``merged`` (LoRA folded into the weights; self-contained).
 
-:func:`verify_bundle` checks a bundle folder or zip offline: metadata against the shipped JSON schema
+:func:`verify_bundle` checks a bundle folder or zip offline: metadata against the model zoo's schema (vendored) and the project's stricter JSON schema
 (``busgen_monai/resources/bundle_metadata_schema.json``), sha256 of the files in ``large_files.yml``, a
 ``verify_net_in_out``-style shape check (network from the inference config, inputs shaped per
 ``network_data_format``), and a load-and-sample round trip from the zip extracted into a fresh temp folder.
@@ -35,10 +35,12 @@ from .safe_load import load_weights
 from .utils.io import file_hash, file_sha256
 
 __all__ = ["BundleVerificationError", "package_bundle", "verify_bundle", "validate_metadata", "check_large_files",
-           "check_network_shapes", "SCHEMA_PATH"]
+           "check_network_shapes", "SCHEMA_PATH", "ZOO_SCHEMA_URL", "ZOO_SCHEMA_PATH"]
 
 SCHEMA_PATH = Path(__file__).parent / "resources" / "bundle_metadata_schema.json"
-_ADAPT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "busgen_adapt"
+#: the model zoo's general metadata schema: its published URL (every bundle's ``schema`` field) and a vendored copy
+ZOO_SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+ZOO_SCHEMA_PATH = Path(__file__).parent / "resources" / "zoo" / "meta_schema_20240725.json"
 _REQUIRED = ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md", "large_files.yml")
 
 
@@ -72,7 +74,7 @@ def package_bundle(
     base_version: str = "0.1.0",
     intended_use: str | None = None,
     data_source: str | None = None,
-    source_bundle: str | Path = _ADAPT_BUNDLE,
+    source_bundle: str | Path | None = None,
     box_prior: str | Path | None = None,
     devices: Sequence[str] | None = None,
     make_zip: bool = True,
@@ -96,6 +98,10 @@ def package_bundle(
 
     if form not in ("adapter", "merged"):
         raise ValueError(f"form must be 'adapter' or 'merged', got {form!r}")
+    if source_bundle is None:  # the installed adapt bundle (source checkout or wheel)
+        from .plugins import builtin_bundles
+
+        source_bundle = builtin_bundles()["busgen_adapt"]
     src = Path(source_bundle)
     model_src = Path(adapter if form == "adapter" else merged_model or "")
     if not model_src.is_file():
@@ -189,20 +195,39 @@ def package_bundle(
 
 # ---------------------------------------------------------------------------------------------------- verification
 def validate_metadata(meta_path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Parse and validate ``metadata.json`` against the shipped schema (no network); returns the metadata."""
-    import jsonschema
+    """Validate ``metadata.json`` as the model zoo's CI does, offline, then against the project's stricter schema.
 
+    1. the ``schema`` field must be the published URL of the zoo's schema (:data:`ZOO_SCHEMA_URL`), and the metadata
+       must pass that schema (the vendored copy ``resources/zoo/``, the same check as
+       ``monai.bundle.verify_metadata``);
+    2. then ``schema_path`` (default: the project's schema: name, data source, intended use, grey channel count...).
+
+    Returns the metadata; raises :class:`BundleVerificationError` listing every failing key.
+    """
     meta_path = Path(meta_path)
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise BundleVerificationError(f"{meta_path}: not readable JSON ({err})") from err
-    schema = json.loads(Path(schema_path).read_text())
-    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(meta), key=lambda e: list(e.absolute_path))
+    if not isinstance(meta, Mapping):
+        raise BundleVerificationError(f"{meta_path}: metadata must be a JSON object")
+    if meta.get("schema") != ZOO_SCHEMA_URL:
+        raise BundleVerificationError(f"{meta_path}: key 'schema' is {meta.get('schema')!r}; the model zoo needs the "
+                                      f"published schema URL {ZOO_SCHEMA_URL!r}")
+    for schema_file in (ZOO_SCHEMA_PATH, Path(schema_path)):
+        _check_schema(meta, meta_path, schema_file)
+    return meta
+
+
+def _check_schema(meta: Mapping[str, Any], meta_path: Path, schema_file: Path) -> None:
+    import jsonschema
+
+    schema = json.loads(Path(schema_file).read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(meta), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"  key '{'/'.join(map(str, e.absolute_path)) or '<root>'}': {e.message}" for e in errors]
-        raise BundleVerificationError(f"{meta_path} does not match {Path(schema_path).name}:\n" + "\n".join(lines))
-    return meta
+        raise BundleVerificationError(f"{meta_path} does not match {Path(schema_file).name}:\n" + "\n".join(lines))
 
 
 def check_large_files(root: str | Path) -> list[str]:

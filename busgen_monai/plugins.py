@@ -188,9 +188,11 @@ def discover_plugins(group: str = ENTRY_POINT_GROUP) -> PluginRegistry:
 
 
 def builtin_bundles() -> dict[str, Path]:
-    """Bundles that come with busgen-monai (the repository's ``bundles/`` folder) and those on
-    ``BUSGEN_BUNDLE_PATH`` (``os.pathsep``-separated folders of bundles)."""
-    roots = [Path(__file__).resolve().parent.parent / "bundles"]
+    """Bundles that come with busgen-monai and those on ``BUSGEN_BUNDLE_PATH`` (``os.pathsep``-separated folders
+    of bundles). The core bundles are the repository's ``bundles/`` folder in a source checkout (editable install)
+    and ``busgen_monai/_bundles/`` in an installed wheel (copied there by setup.py's build step)."""
+    here = Path(__file__).resolve().parent
+    roots = [here / "_bundles", here.parent / "bundles"]
     roots += [Path(p) for p in os.environ.get("BUSGEN_BUNDLE_PATH", "").split(os.pathsep) if p]
     found: dict[str, Path] = {}
     for root in roots:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from busgen_monai.bundle_run import config_bases
 from busgen_monai.data.phantom import write_dataset
 from busgen_monai.inferers import read_checkpoint
 
@@ -59,7 +60,7 @@ def test_train_in_process_base_bit_identical(phantom):
 
     tmp, datalist, base = phantom
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs/train.json"))
+    parser.read_config([str(p) for p in config_bases(BUNDLE / "configs/train.json")])  # base, then the overlay
     parser["bundle_root"] = str(BUNDLE)
     for k, v in {**_overrides(tmp / "inproc", base, datalist), "extra_augmentations": [
             {"_target_": "RandGaussianNoised", "keys": "image", "prob": 0.5, "std": 0.01}]}.items():
@@ -88,8 +89,9 @@ def test_train_in_process_base_bit_identical(phantom):
 
 def test_bundle_run_subprocess_package_verify(phantom, tmp_path):
     tmp, datalist, base = phantom
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs/train.json"),
-           "--bundle_root", str(BUNDLE)]
+    # the command the bundle's README documents: the pretrain train.json, then this bundle's overlay
+    files = [str(BUNDLE.parent / "busgen_pretrain" / "configs" / "train.json"), str(BUNDLE / "configs/train.json")]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files), "--bundle_root", str(BUNDLE)]
     for k, v in _overrides(tmp / "sub", base, datalist).items():
         cmd += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -128,8 +130,7 @@ def test_multi_gpu_overlay_on_two_cpu_processes(phantom, tmp_path):
         "$dist.is_initialized() and dist.destroy_process_group()",
     ]}))
     out = tmp_path / "ddp"
-    kwargs = {"config_file": [str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/multi_gpu_train.json"),
-                              str(dump)], "bundle_root": str(BUNDLE),
+    kwargs = {"config_file": [str(p) for p in config_bases(BUNDLE / "configs/multi_gpu_train.json")] + [str(dump)], "bundle_root": str(BUNDLE),
               **_overrides(tmp_path, base, datalist), "output_dir": str(out), "max_epochs": 1}
     script = "import json, sys; from monai.bundle import run; run(**json.loads(sys.argv[1]))"
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "--no-python", sys.executable, "-c", script,

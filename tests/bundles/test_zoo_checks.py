@@ -1,0 +1,60 @@
+"""The model zoo's own checks, offline, on every bundle the project ships (core and plugins), as the zoo's CI runs
+them: ``monai.bundle.verify_metadata`` against the zoo's published schema, and ``ConfigWorkflow.check_properties``
+for the train workflow of the generator bundles. What cannot pass is listed in each bundle's docs/README.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from busgen_monai.bundle_run import all_bundles, resolve_configs
+from busgen_monai.bundle_tools import ZOO_SCHEMA_PATH, ZOO_SCHEMA_URL
+
+BUNDLES = all_bundles()
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES))
+def test_metadata_passes_the_zoo_schema(name):
+    from monai.bundle import verify_metadata
+
+    meta = BUNDLES[name] / "configs" / "metadata.json"
+    assert json.loads(meta.read_text())["schema"] == ZOO_SCHEMA_URL, "the zoo's CI downloads the schema from there"
+    verify_metadata(meta_file=str(meta), filepath=str(ZOO_SCHEMA_PATH))  # raises on the first violation
+
+
+def test_the_zoo_schema_check_can_fail(tmp_path):
+    from monai.bundle import verify_metadata
+
+    meta = json.loads((BUNDLES["busgen_sample"] / "configs" / "metadata.json").read_text())
+    del meta["network_data_format"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="network_data_format"):
+        verify_metadata(meta_file=str(bad), filepath=str(ZOO_SCHEMA_PATH))
+
+
+@pytest.fixture(scope="module")
+def phantom_datalist(tmp_path_factory):
+    from busgen_monai.data.phantom import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("zoo") / "ph", n=8, size=(32, 32))
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("busgen_pretrain", {"preset_name": "tiny"}),
+    ("busgen_adapt", {"base_checkpoint": "$str(busgen_monai.inferers.default_generator())"}),
+])
+def test_train_config_has_the_zoo_train_properties(name, overrides, phantom_datalist, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    root = BUNDLES[name]
+    files = [str(f) for f in resolve_configs(root, "train")]
+    wf = ConfigWorkflow(config_file=files, meta_file=str(root / "configs" / "metadata.json"), workflow_type="train",
+                        logging_file=False, bundle_root=str(root), datalist=str(phantom_datalist),
+                        output_dir=str(tmp_path / "out"), num_workers=0, **overrides)
+    wf.initialize()
+    assert wf.check_properties() == []
+    assert wf.max_epochs >= 1 and wf.train_inferer is not None and len(wf.train_dataset) > 0
+    logging.getLogger(__name__).info("%s: %s", name, files)
