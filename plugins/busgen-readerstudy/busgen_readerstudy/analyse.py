@@ -101,8 +101,18 @@ def _summary(rows: list[dict], n_boot: int, seed: int, pooled: bool) -> dict[str
     return out
 
 
+def _birads_scale(rows: list[dict], categories: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """When the images' labels use plain BI-RADS 4 (BUS-BRA does), readers' 4a/4b/4c count as 4."""
+    if any(str(r.get("requested_birads")) in ("4a", "4b", "4c") for r in rows):
+        return rows, list(categories)
+    rows = [{**r, "birads": "4" if r.get("birads") in ("4a", "4b", "4c") else r.get("birads")} for r in rows]
+    return rows, [c for c in categories if c not in ("4a", "4b", "4c")]
+
+
 def _kappas(rows: list[dict], key: str, requested: str, categories: Sequence[str], weighted: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if key == "birads":
+        rows, categories = _birads_scale(rows, categories)
     for side in ("generated", "real", "both"):
         pairs = [(r[key], r[requested]) for r in rows if r.get(key) and r.get(requested)
                  and (side == "both" or r["truth"] == side)]
@@ -199,7 +209,7 @@ def _grid(study_dir: Path, ranked: list[dict], path: Path, n: int = 16) -> Path 
     for ax, r in zip(axes.ravel(), ranked):
         with Image.open(study_dir / "images" / f"{r['image_id']}.png") as im:
             ax.imshow(np.asarray(im.convert("L")), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{r['truth'][:4]} {r['called_generated']}/{r['n']}", fontsize=8,
+        ax.set_title(f"{r['truth']} {r['called_generated']}/{r['n']}", fontsize=8,
                      color="tab:orange" if r["truth"] == "generated" else "tab:blue")
     fig.suptitle("Most often called generated (truth, readers calling it generated / readers)", fontsize=9)
     fig.tight_layout()
@@ -220,7 +230,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else html.escape(str(x))
 
 
-def _html(results: dict, figures: dict[str, str]) -> str:
+def _html(results: dict, figures: dict[str, str], note: str = "") -> str:
     rows = []
     for name, s in list(results["per_reader"].items()) + [("pooled", results["pooled"])]:
         acc = s["accuracy"]
@@ -237,6 +247,8 @@ def _html(results: dict, figures: dict[str, str]) -> str:
         for label in ("pathology", "birads"):
             for side in ("generated", "real", "both"):
                 e = k[label][side]
+                if not e["n"]:
+                    continue
                 krows.append(f"<tr><td>{html.escape(name)}</td><td>{label}</td><td>{side}</td><td>{e['n']}</td>"
                              f"<td>{_fmt(e.get('agreement'))}</td><td>{_fmt(e.get('kappa'))}</td>"
                              f"<td>{_fmt(e.get('kappa_linear'))}</td></tr>")
@@ -244,15 +256,17 @@ def _html(results: dict, figures: dict[str, str]) -> str:
     fl_text = "; ".join(
         f"{key}: kappa {_fmt(v['kappa'])} over {v['n_images']} images x {v['n_readers']} readers" if v else f"{key}: -"
         for key, v in fl.items())
-    figs = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(k)}"><figcaption>{html.escape(k)}</figcaption></figure>'
+    figs = "".join(f'<figure class="{"wide" if p.startswith("most") else ""}"><img src="{html.escape(p)}" alt="{html.escape(k)}"><figcaption>{html.escape(k)}</figcaption></figure>'
                    for k, p in figures.items() if p)
     s = results["study"]
+    warn = f'<p class="warn">{html.escape(note)}</p>' if note else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Reader study report</title>
 <style>body{{font:14px/1.4 system-ui,sans-serif;max-width:1100px;margin:16px auto;padding:0 12px}}
 table{{border-collapse:collapse;margin:8px 0}}td,th{{border-bottom:1px solid #ccc;padding:3px 8px;text-align:left}}
-figure{{display:inline-block;margin:6px;vertical-align:top}}img{{max-width:520px}}figcaption{{color:#555;font-size:12px}}
-.note{{color:#555;font-size:12px}}</style></head><body>
+figure{{display:inline-block;margin:6px;vertical-align:top}}img{{max-width:520px}}figure.wide img{{max-width:1060px}}figcaption{{color:#555;font-size:12px}}
+.note{{color:#555;font-size:12px}}.warn{{background:#fff3cd;padding:6px 10px;border:1px solid #e0c36d}}</style></head><body>
 <h1>Reader study: real or generated?</h1>
+{warn}
 <p>{s['n_images']} images ({s['n_per_side']} real, {s['n_per_side']} generated, {s['size'] or 'native'} px),
 {len(results['per_reader'])} readers, {results['pooled']['n_answers']} answers.
 Accuracy 0.5 = readers cannot tell generated from real images (BUSGen reported 0.42-0.59 for 6 radiologists).</p>
@@ -266,16 +280,18 @@ Accuracy 0.5 = readers cannot tell generated from real images (BUSGen reported 0
 <h2>Label agreement with the images' labels (Cohen's kappa)</h2>
 <table><tr><th>reader</th><th>label</th><th>images</th><th>n</th><th>raw agreement</th><th>kappa</th><th>kappa (linear)</th></tr>
 {''.join(krows)}</table>
-<p class="note">Generated images: the labels requested from the generator; real images: the data set's labels.</p>
+<p class="note">Generated images: the labels requested from the generator; real images: the data set's labels.
+Rows without ratings are left out. Where the images' labels use plain BI-RADS 4, readers' 4a/4b/4c count as 4.</p>
 <h2>Figures</h2>{figs}
 </body></html>
 """
 
 
 def analyse_study(study_dir: str | Path, out: str | Path, *, db_path: str | Path | None = None,
-                  n_boot: int = 1000, seed: int = 0) -> dict:
+                  n_boot: int = 1000, seed: int = 0, note: str = "") -> dict:
     """Analyse the answers of the study in ``study_dir``; writes ``out/{results.json, report.html, answers.csv,
-    accuracy.png, confidence.png, roc.png, most_generated.png}`` and returns the results."""
+    accuracy.png, confidence.png, roc.png, most_generated.png}`` and returns the results. ``note`` is shown at
+    the top of the report (e.g. "pilot with trainees")."""
     from busgen_monai.evaluation.plots import plot_roc
 
     study_dir, out = Path(study_dir), Path(out)
@@ -347,7 +363,8 @@ def analyse_study(study_dir: str | Path, out: str | Path, *, db_path: str | Path
     w.writerows(rows)
     atomic_write_text(out / "answers.csv", buf.getvalue())
     atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "report.html", _html(results, figures))
+    results["note"] = note
+    atomic_write_text(out / "report.html", _html(results, figures, note))
     return results
 
 
@@ -357,10 +374,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=None, help="answers database (default STUDY/answers.sqlite)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default="", help="a line shown at the top of the report")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    res = analyse_study(args.study, args.out, db_path=args.db, n_boot=args.n_boot, seed=args.seed)
+    res = analyse_study(args.study, args.out, db_path=args.db, n_boot=args.n_boot, seed=args.seed, note=args.note)
     acc = res["pooled"]["accuracy"]
     print(json.dumps({"answers": res["pooled"]["n_answers"], "pooled_accuracy": acc["estimate"],
                       "ci": [acc["lower"], acc["upper"]], "p_vs_0.5": acc["p_value"],

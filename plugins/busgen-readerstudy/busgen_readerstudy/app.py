@@ -93,7 +93,8 @@ def create_app(study_dir: str | Path, db_path: str | Path | None = None) -> Flas
                 "pathologies": sorted(pathologies), "birads_values": birads_values}
 
     def _unknown_reader() -> tuple[Response, int]:
-        store.log("refused_unknown_reader", None, request.path)
+        if request.headers.get("X-Reader-Code") or request.cookies.get("rs_reader") or request.path == "/api/login":
+            store.log("refused_unknown_reader", None, request.path)  # a code was given (not a first visit)
         return _error(401, "unknown reader code: log in with the code the study coordinator gave you")
 
     # ------------------------------------------------------------------------------------------ pages

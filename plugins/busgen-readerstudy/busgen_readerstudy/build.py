@@ -182,11 +182,14 @@ def build_study(
             None = every split).
         generated_splits: splits of the generated datalist (default: all).
         reader_codes, admin_code: codes to use (default: random, 8 and 12 characters).
-        force: rebuild over an existing study folder (its answers database is kept only if you keep it).
+        force: rebuild over an existing study folder; refused while it holds an answers database.
     """
     out = Path(out)
     if (out / "study.json").exists() and not force:
         raise StudyError(f"{out} already holds a study (study.json); choose a new folder or pass --force")
+    if any(out.glob("answers.sqlite*")):
+        raise StudyError(f"{out} holds readers' answers (answers.sqlite); a rebuild would orphan them: move the "
+                         "database away first (or build into a new folder)")
     real = _items(Path(real_datalist), real_splits)
     gen = _items(Path(generated_datalist), generated_splits)
     n = min(int(n_per_side), len(real), len(gen))
@@ -229,6 +232,9 @@ def build_study(
             "source": {"datalist": str(Path(real_datalist if truth == "real" else generated_datalist).resolve()),
                        "split": it["_split"], "index": it["_index"]},
         })
+    for stale in (out / "images").glob("*.png"):  # left by an earlier build (--force)
+        if stale.stem not in ids:
+            stale.unlink()
     order_ids = [it["id"] for it in items]
     reader_entries = []
     for r, (name, code) in enumerate(zip(names, codes)):

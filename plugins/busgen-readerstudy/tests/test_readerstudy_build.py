@@ -108,6 +108,11 @@ def test_build_refusals_name_the_fix(datalists, tmp_path, capsys):
     build_study(real, gen, tmp_path / "s", n_per_side=2, seed=0, readers=1)
     with pytest.raises(StudyError, match="already holds a study"):
         build_study(real, gen, tmp_path / "s", n_per_side=2)
+    build_study(real, gen, tmp_path / "s", n_per_side=3, seed=1, readers=1, force=True)  # stale images removed
+    assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 6
+    AnswerStore(tmp_path / "s" / "answers.sqlite")
+    with pytest.raises(StudyError, match="holds readers' answers"):
+        build_study(real, gen, tmp_path / "s", n_per_side=2, force=True)
     with pytest.raises(StudyError, match="no items in split"):
         build_study(gen, gen, tmp_path / "t", real_splits=["nonexistent"])
     with pytest.raises(StudyError, match="unique"):
