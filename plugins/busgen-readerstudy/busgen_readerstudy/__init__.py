@@ -7,7 +7,7 @@ Modules (imported on demand; this ``__init__`` stays light):
 * :mod:`.app` - the Flask web app (reader page, coordinator page, JSON API), served by waitress.
 * :mod:`.stats` - Clopper-Pearson interval, exact binomial test, Cohen's and Fleiss' kappa.
 * :mod:`.analyse` - per-reader and pooled statistics, plots and the HTML report.
-* :mod:`.cli` - ``busgen reader-study build|serve|analyse``.
+* :mod:`.command` - ``busgen reader-study build|serve|analyse``.
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """``python -m busgen_readerstudy build|serve|analyse`` (same as ``busgen reader-study``)."""
 
-from .cli import main
+from .command import main
 
 raise SystemExit(main())

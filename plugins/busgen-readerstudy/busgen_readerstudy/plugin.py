@@ -16,5 +16,5 @@ PLUGIN = Plugin(
         "serve": "busgen_readerstudy.app.serve",
         "analyse_study": "busgen_readerstudy.analyse.analyse_study",
     },
-    commands={"reader-study": "busgen_readerstudy.cli.main"},
+    commands={"reader-study": "busgen_readerstudy.command.main"},
 )

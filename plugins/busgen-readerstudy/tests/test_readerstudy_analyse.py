@@ -15,7 +15,7 @@ from PIL import Image
 from busgen_readerstudy.analyse import analyse_study
 from busgen_readerstudy.app import create_app
 from busgen_readerstudy.build import build_study, load_study
-from busgen_readerstudy.cli import main
+from busgen_readerstudy.command import main
 
 N = 6  # images per side
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from busgen_readerstudy.build import StudyError, build_study, load_study
-from busgen_readerstudy.cli import main
+from busgen_readerstudy.command import main
 from busgen_readerstudy.store import AnswerStore, DuplicateAnswer
 
 
