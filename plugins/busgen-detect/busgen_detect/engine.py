@@ -43,6 +43,7 @@ __all__ = [
     "write_json",
     "training_summary",
     "load_detector_weights",
+    "require_file",
 ]
 
 _EPOCH = re.compile(r"(?:epoch|iteration)=(\d+)")
@@ -230,3 +231,10 @@ def load_detector_weights(network: torch.nn.Module, path: str | os.PathLike, dev
     state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
     _unwrap(network).load_state_dict(state)
     return network
+
+
+def require_file(path: str | os.PathLike, key: str, hint: str = "train the detector first (configs/train.json)") -> str:
+    """``path`` if it is a file, else one ``FileNotFoundError`` naming the config ``key`` and the fix."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist (config key '{key}'); {hint} or point '{key}' at a checkpoint")
+    return str(path)
