@@ -149,6 +149,13 @@ def find_studies(folder: str | os.PathLike) -> tuple[dict[str, list[tuple[Path, 
     return dict(studies), unreadable
 
 
+def _int(ds, keyword: str) -> int:
+    try:
+        return int(ds.get(keyword, 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _sample(n: int, k: int) -> list[int]:
     if n <= k:
         return list(range(n))
@@ -201,6 +208,12 @@ def read_study(study_uid: str, members: Sequence[tuple[Path, object]], *, root: 
                                    "detail": f"cropped frame {tuple(frames.shape[1:])} is too small"})
             continue
         study.instances.append(UltrasoundInstance(path, ds, frames, idx, us.n_frames, list(crop.box), crop.source))
+    def order(inst: UltrasoundInstance):
+        ds = inst.dataset
+        return (_int(ds, "SeriesNumber"), str(ds.get("SeriesInstanceUID", "")), _int(ds, "InstanceNumber"),
+                str(ds.SOPInstanceUID))
+
+    study.instances.sort(key=order)  # stable order whatever the file names (a PACS retrieval names by position)
     if not study.instances:
         seen = ", ".join(f"{m} x{n}" for m, n in sorted(modalities_seen.items()))
         if study.rejected:

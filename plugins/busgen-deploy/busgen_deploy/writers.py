@@ -82,10 +82,11 @@ class StudyResult:
 
 
 def deterministic_uid(*parts: str) -> str:
-    """A ``2.25.`` UID derived from ``parts`` (pydicom's ``generate_uid`` with entropy sources)."""
-    from pydicom.uid import generate_uid
+    """A ``2.25.`` UID (PS3.5 B.2: a 128-bit integer) from the sha256 of ``parts``: same inputs, same UID."""
+    import hashlib
 
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
 def _algorithm(model: Mapping):
@@ -145,7 +146,7 @@ def build_sr(result: StudyResult, *, app_version: str):
                                        meaning="Malignancy decision at operating point")
     malignant = hd.sr.CodedConcept(value="363346000", scheme_designator="SCT", meaning="Malignant neoplastic disease")
     benign = hd.sr.CodedConcept(value="3898006", scheme_designator="SCT", meaning="Neoplasm, benign")
-    key = f"{model['sha256']}|{result.study_uid}|" + "|".join(str(r.dataset.SOPInstanceUID) for r in result.instances)
+    key = f"{model['sha256']}|{result.study_uid}|" + "|".join(sorted(str(r.dataset.SOPInstanceUID) for r in result.instances))
 
     groups = []
     for n, r in enumerate(result.instances, 1):

@@ -13,27 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
-from busgen_monai.plugins import discover_plugins
+from deploy_checks import PRESET, check_study_outputs, non_us_copy, train_tiny_classifier, us_files
 
-PRESET = "inference,presets/cpu_tiny"
+from busgen_monai.plugins import discover_plugins
 
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    from busgen_classify.workflow import train
-    from busgen_monai.data.phantom import write_dataset
-
-    root = tmp_path_factory.mktemp("clf")
-    datalist = write_dataset(root / "phantom", n=96, seed=0, size=(64, 64))
-    train(["presets/cpu_tiny"], datalists=[str(datalist)], output_dir=str(root / "run"), max_epochs=2)
-    path = root / "run" / "models" / "model.pt"
-    assert path.is_file()
-    return path
+    return train_tiny_classifier(tmp_path_factory.mktemp("clf"))
 
 
 @pytest.fixture(scope="module")
@@ -59,119 +50,6 @@ def phantom_run(pacs_export, classifier, tmp_path_factory) -> dict:
     return {"out": out, "report": report}
 
 
-def _us_files(folder: Path) -> dict[str, list[Path]]:
-    """Ultrasound image files per study UID, read independently of the app."""
-    from busgen_monai.data.dicom import US_IMAGE_SOP_CLASSES
-
-    by_study: dict[str, list[Path]] = {}
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - README, DICOMDIR...
-            continue
-        if str(ds.get("SOPClassUID", "")) in US_IMAGE_SOP_CLASSES and ds.get("Modality") == "US":
-            by_study.setdefault(str(ds.StudyInstanceUID), []).append(p)
-    return by_study
-
-
-def _dciodvfy_errors(path: Path, source_uids: set[str] = frozenset()) -> list[str]:
-    """dciodvfy's errors, less "illegal UID root" errors on UIDs copied from the source (a real file of the test
-    set has 999.999... UIDs: results must keep the study's UIDs, right or wrong)."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed: bash .ci/setup.d/orthanc.sh installs it")
-    out = subprocess.run([exe, str(path)], capture_output=True, text=True)
-    errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-    return [e for e in errors if not ("Illegal root for UID" in e and any(f'"{u}"' in e for u in source_uids))]
-
-
-def _text_items(ds) -> dict[str, set[str]]:
-    """TEXT content items of an SR by concept code value (recursively)."""
-    out: dict[str, set[str]] = {}
-    for item in ds.get("ContentSequence", []):
-        if item.get("ValueType") == "TEXT":
-            out.setdefault(item.ConceptNameCodeSequence[0].CodeValue, set()).add(str(item.TextValue))
-        for k, v in _text_items(item).items():
-            out.setdefault(k, set()).update(v)
-    return out
-
-
-def check_study_outputs(out: Path, study_uid: str, us_paths: list[Path], classifier, max_frames: int = 8) -> dict:
-    """Validate the SR + SC the app wrote for ``study_uid`` against its source files; returns the SR's scores."""
-    import highdicom as hd
-
-    from busgen_deploy.study import study_label
-    from busgen_monai.data.dicom import read_ultrasound
-
-    folder = out / study_label(study_uid)
-    assert folder.is_dir(), f"no results for study {study_label(study_uid)}: {sorted(p.name for p in out.iterdir())}"
-    sr_path, sc_path = folder / "sr.dcm", folder / "sc.dcm"
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in us_paths]
-    sources = {str(h.SOPInstanceUID): p for h, p in zip(headers, us_paths)}
-    src0 = headers[0]
-    source_uids = {str(h.get(k, "")) for h in headers for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
-    for p in (sr_path, sc_path):
-        assert _dciodvfy_errors(p, source_uids) == [], p
-
-    sr = hd.sr.srread(sr_path)
-    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
-    for ds in (sr, pydicom.dcmread(sc_path)):
-        assert ds.StudyInstanceUID == study_uid
-        assert ds.PatientID == src0.PatientID and str(ds.PatientName) == str(src0.PatientName)
-        assert ds.get("AccessionNumber", "") == src0.get("AccessionNumber", "")
-    evidence = {item.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
-                for se in s.ReferencedSeriesSequence for item in se.ReferencedSOPSequence}
-    assert evidence == set(sources), "the SR must reference exactly the study's ultrasound instances"
-
-    # scores: one group per instance + the study group, read back through highdicom's TID 1500 parser
-    ms_groups = sr.content.get_image_measurement_groups()
-    assert len(ms_groups) == len(sources) + 1
-    per_instance, study_score, decision = {}, None, None
-    for g in ms_groups:
-        (m,) = g.get_measurements()
-        assert m.name.value == "111047" and m.name.scheme_designator == "DCM"
-        if g.tracking_identifier == "study":
-            study_score = float(m.value)
-            (q,) = g.get_qualitative_evaluations()
-            decision = q.value.meaning
-        else:
-            (img,) = m.referenced_images
-            per_instance[img.referenced_sop_instance_uid] = float(m.value)
-    assert set(per_instance) == set(sources)
-    model = classifier.describe()
-    algo = _text_items(sr)  # TID 4019 Algorithm Identification: 111001 name, 111003 version, 111002 parameters
-    assert algo["111001"] == {model["name"]} and algo["111003"] == {model["version"]}
-    assert f"weights sha256 {model['sha256']}" in algo["111002"]
-
-    # the scores equal the classifier run directly on the same frames (read here, not by the app)
-    for uid, path in sources.items():
-        n = int(pydicom.dcmread(path, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
-        idx = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, max_frames))})
-        frames, _ = read_ultrasound(path, frames=idx, color="gray")
-        expected = float(np.mean(classifier.predict(list(frames)).scores))
-        assert per_instance[uid] == pytest.approx(expected, abs=2e-6), uid
-    assert study_score == pytest.approx(max(per_instance.values()), abs=2e-6)
-    threshold = model["threshold"]
-    assert decision == ("Malignant neoplastic disease" if study_score >= threshold else "Neoplasm, benign")
-
-    sc = pydicom.dcmread(sc_path)
-    assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    assert sc.BurnedInAnnotation == "YES" and "NOT FOR DIAGNOSTIC USE" in sc.ImageComments
-    ref = sc.SourceImageSequence[0]
-    assert ref.ReferencedSOPInstanceUID in sources
-    key = pydicom.dcmread(sources[ref.ReferencedSOPInstanceUID], stop_before_pixels=True)
-    assert sc.pixel_array.shape == (key.Rows, key.Columns, 3)
-    summary = json.loads((folder / "result.json").read_text())
-    assert summary["score"] == pytest.approx(study_score, abs=1e-6)
-    text = json.dumps(summary)
-    assert study_uid not in text and not any(uid in text for uid in sources)  # the summary is PHI-free
-    for value in (src0.get("PatientID", ""), str(src0.get("PatientName", ""))):
-        assert len(str(value)) < 3 or str(value) not in text
-    return {"study": study_score, "instances": per_instance}
-
-
 # ------------------------------------------------------------------------------------------ plugin
 def test_plugin_registered_and_light():
     reg = discover_plugins()
@@ -190,7 +68,7 @@ def test_plugin_registered_and_light():
 # ------------------------------------------------------------------------------------------ app
 def test_app_on_phantom_pacs_export(phantom_run, pacs_export, classifier):
     out, report = phantom_run["out"], phantom_run["report"]
-    us = _us_files(pacs_export)
+    us = us_files(pacs_export)
     assert len(us) >= 3
     assert len(report["written"]) == len(us)
     for uid, paths in us.items():
@@ -206,7 +84,7 @@ def test_app_on_real_dicom(dicom_dir, classifier, tmp_path):
     from busgen_deploy.app import run_app
 
     report = run_app(dicom_dir, tmp_path / "out", classifier.config, classifier=classifier)
-    us = _us_files(dicom_dir)
+    us = us_files(dicom_dir)
     n_files = sum(len(v) for v in us.values())
     assert n_files == len([p for p in dicom_dir.iterdir() if p.suffix == ".dcm"])  # every real file is US
     assert report["failed"] == [] and len(report["written"]) == len(us)
@@ -223,30 +101,19 @@ def _truncated_copy(src: Path, dst: Path, new_uid: str) -> None:
     dst.write_bytes(data[: len(data) - len(ds.PixelData) // 2])  # half of the pixel data is missing
 
 
-def _non_us_copy(src: Path, dst: Path) -> str:
-    """A CT-labelled copy of an ultrasound file in a study of its own; returns the new study UID."""
-    ds = pydicom.dcmread(src)
-    ds.Modality = "CT"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    ds.StudyInstanceUID = pydicom.uid.generate_uid()
-    ds.save_as(dst, enforce_file_format=True)
-    return str(ds.StudyInstanceUID)
-
-
 def test_bad_instance_and_non_us_study(pacs_export, classifier, tmp_path):
     """One truncated instance is rejected and the study still gets its results; a study with no ultrasound
     instance gets a clear DICOM-level error and nothing is written for it; the run goes on."""
     from busgen_deploy.app import run_app
     from busgen_deploy.study import study_label
 
-    uid, paths = max(_us_files(pacs_export).items(), key=lambda kv: len(kv[1]))
+    uid, paths = max(us_files(pacs_export).items(), key=lambda kv: len(kv[1]))
     src = tmp_path / "in"
     src.mkdir()
     for i, p in enumerate(paths):
         shutil.copy(p, src / f"good{i}.dcm")
     _truncated_copy(paths[0], src / "bad.dcm", pydicom.uid.generate_uid())
-    ct_study = _non_us_copy(paths[0], src / "ct.dcm")
+    ct_study = non_us_copy(paths[0], src / "ct.dcm")
     out = tmp_path / "out"
     report = run_app(src, out, classifier.config, classifier=classifier)
     assert len(report["written"]) == 1 and [f["code"] for f in report["failed"]] == ["no_ultrasound"]
@@ -262,7 +129,7 @@ def test_bad_instance_and_non_us_study(pacs_export, classifier, tmp_path):
 def test_unreadable_study_writes_nothing_and_fails_the_run(pacs_export, model_path, tmp_path):
     from busgen_deploy.app import main
 
-    _, paths = next(iter(_us_files(pacs_export).items()))
+    _, paths = next(iter(us_files(pacs_export).items()))
     src = tmp_path / "in"
     src.mkdir()
     _truncated_copy(paths[0], src / "only.dcm", pydicom.uid.generate_uid())
