@@ -106,6 +106,10 @@ def package_bundle(
     model_src = Path(adapter if form == "adapter" else merged_model or "")
     if not model_src.is_file():
         raise FileNotFoundError(f"{form} model file {model_src} does not exist")
+    if not devices:
+        raise ValueError("package needs --devices (the device names the bundle samples by default, e.g. "
+                         "--devices GE-LOGIQ-7): a packaged bundle has no datalist to take them from, so without them "
+                         "it cannot sample")
     if form == "adapter" and (base_checkpoint is None or not Path(base_checkpoint).is_file()):
         raise FileNotFoundError(f"the adapter form needs the base checkpoint it was trained on (got {base_checkpoint})")
     root = Path(out_dir) / name
@@ -150,7 +154,11 @@ def package_bundle(
         meta.pop("base_model", None)
     (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
 
-    inf = json.loads((src / "configs" / "inference.json").read_text())
+    from .bundle_check import BASE_KEY, declared_keys
+
+    # self-contained: the source config merged with the config it extends (the sample bundle's), as one file
+    inf = declared_keys([src / "configs" / "inference.json"])
+    inf.pop(BASE_KEY, None)
     inf["form"] = form
     inf["preset_name"] = preset_name
     if box_prior is not None:
@@ -180,6 +188,11 @@ def package_bundle(
               + f".\n\nIntended use: {meta['intended_use']}\n")
     (root / "docs" / "README.md").write_text(readme)
     files = [model_name] + (["box_prior.json"] if box_prior is not None else [])
+    peft_dir = Path(adapter).parent / "peft_adapter" if form == "adapter" and adapter else None
+    if peft_dir is not None and (peft_dir / "adapter_config.json").is_file():
+        # the same adapter in peft's own format, for peft users (adapter_config.json + safetensors, no pickle)
+        shutil.copytree(peft_dir, root / "models" / "peft_adapter")
+        files += [f"peft_adapter/{p.name}" for p in sorted((root / "models" / "peft_adapter").iterdir()) if p.is_file()]
     entries = [f"  - path: models/{f}\n    url: ''\n    hash_val: {file_sha256(root / 'models' / f)}\n"
                "    hash_type: sha256\n" for f in files]
     (root / "large_files.yml").write_text("large_files:\n" + "".join(entries))
@@ -214,20 +227,20 @@ def validate_metadata(meta_path: str | Path, schema_path: str | Path = SCHEMA_PA
     if meta.get("schema") != ZOO_SCHEMA_URL:
         raise BundleVerificationError(f"{meta_path}: key 'schema' is {meta.get('schema')!r}; the model zoo needs the "
                                       f"published schema URL {ZOO_SCHEMA_URL!r}")
-    for schema_file in (ZOO_SCHEMA_PATH, Path(schema_path)):
-        _check_schema(meta, meta_path, schema_file)
+    problems = [line for schema_file in (ZOO_SCHEMA_PATH, Path(schema_path)) for line in _schema_errors(meta, schema_file)]
+    if problems:  # every failing key of both schemas at once
+        raise BundleVerificationError(f"{meta_path} does not match the metadata schemas:\n" + "\n".join(problems))
     return meta
 
 
-def _check_schema(meta: Mapping[str, Any], meta_path: Path, schema_file: Path) -> None:
+def _schema_errors(meta: Mapping[str, Any], schema_file: Path) -> list[str]:
     import jsonschema
 
     schema = json.loads(Path(schema_file).read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(meta), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  key '{'/'.join(map(str, e.absolute_path)) or '<root>'}': {e.message}" for e in errors]
-        raise BundleVerificationError(f"{meta_path} does not match {Path(schema_file).name}:\n" + "\n".join(lines))
+    return [f"  key '{'/'.join(map(str, e.absolute_path)) or '<root>'}': {e.message} ({Path(schema_file).name})"
+            for e in errors]
 
 
 def check_large_files(root: str | Path) -> list[str]:

@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--devices", nargs="*", default=None, help="default devices to sample")
     pk.add_argument("--preset", default="tiny")
     pk.add_argument("--name", default="busgen_adapted")
+    pk.add_argument("--push", default=None, metavar="HUB",
+                    help="also publish the zip to a bundle hub folder (model files by URL + sha256; see `busgen pull`)")
     pk.add_argument("--version", default="0.1.0")
     pk.add_argument("--base-name", default="busgen_pretrain")
     pk.add_argument("--base-version", default="0.1.0")
@@ -270,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--preset", default=None, help="only for old checkpoints without saved settings")
     ex.add_argument("--seed", type=int, default=0)
 
+    pl = sub.add_parser("pull", help="download a bundle from a bundle hub (folder or URL; sha256-checked)",
+                        description="Download a packaged bundle pushed with `busgen package --push HUB`, through "
+                                    "monai.bundle.download and download_large_files (every model file hash-checked).")
+    pl.add_argument("name", help="bundle name")
+    pl.add_argument("--hub", required=True, help="hub folder or URL (file://, http(s)://)")
+    pl.add_argument("--version", default=None, help="default: the latest")
+    pl.add_argument("--dest", default=".", help="folder to put NAME/ in (default: here)")
+    pl.add_argument("--quiet", action="store_true")
     vf = sub.add_parser("verify", help="verify a bundle folder or zip offline (schema, hashes, shapes, sampling)")
     vf.add_argument("bundle")
     vf.add_argument("--base", default=None, help="base checkpoint (adapter-only bundles)")
@@ -369,6 +379,20 @@ def cmd_package(args) -> int:
                                  version=args.version, base_name=args.base_name, base_version=args.base_version,
                                  box_prior=args.box_prior, devices=args.devices)
     print(f"bundle: {root}\nzip: {zpath}")
+    if args.push:
+        from .hub import push_bundle
+
+        entry = push_bundle(zpath, args.push)
+        print(f"pushed: {entry['zip']} (sha256 {entry['zip_sha256']}; {len(entry['models'])} model files by URL)")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .hub import pull_bundle
+
+    path = pull_bundle(args.name, args.hub, args.dest, version=args.version, progress=not args.quiet)
+    print(f"bundle: {path}\nnext: busgen verify {path}" + (" --base /path/to/base.pt" if
+                                                          (path / "models" / "adapter.pt").is_file() else ""))
     return 0
 
 
@@ -407,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _CORE_COMMANDS = ("plugins", "bundles", "run", "phantom", "datalist", "ingest", "demo", "package", "sample", "export",
-                  "verify")
+                  "verify", "pull")
 
 
 def _main(argv: list[str]) -> int:
@@ -430,7 +454,7 @@ def _main(argv: list[str]) -> int:
         return 0
     handlers = {"plugins": cmd_plugins, "bundles": cmd_bundles, "phantom": cmd_phantom,
                 "datalist": cmd_datalist, "demo": cmd_demo, "package": cmd_package, "verify": cmd_verify,
-                "sample": cmd_sample, "export": cmd_export}
+                "sample": cmd_sample, "export": cmd_export, "pull": cmd_pull}
     try:
         if args.command == "run":
             return cmd_run(args, extra)

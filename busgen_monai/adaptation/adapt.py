@@ -26,7 +26,7 @@ from torch import nn
 from ..safe_load import load_weights
 from ..utils.io import atomic_torch_save
 from .lora import DEFAULT_TARGET_MODULES, _EXTRA_KEY, _condition_table, add_condition_values, inject_lora, merge_lora
-from .lora import save_adapter, state_dict_sha256
+from .lora import save_adapter, save_peft_adapter, state_dict_sha256
 
 __all__ = ["extend_codec", "prepare_adaptation", "AdapterSaver", "ValLossEarlyStopping", "load_adapted_generator",
            "read_adapter", "save_merged"]
@@ -130,8 +130,10 @@ class AdapterSaver:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def save(self) -> dict[str, Path]:
-        out = {"adapter": save_adapter(self.network, self.save_dir / self.adapter_name,
-                                       extra={"codec": self.codec.to_dict(), "base": self.base_info})}
+        extra = {"codec": self.codec.to_dict(), "base": self.base_info}
+        out = {"adapter": save_adapter(self.network, self.save_dir / self.adapter_name, extra=extra),
+               # the same adapter in peft's own format (adapter_config.json + adapter_model.safetensors)
+               "peft_adapter": save_peft_adapter(self.network, self.save_dir / "peft_adapter", extra=extra)}
         if self.merged_name:
             out["merged"] = save_merged(self.network, self.codec, self.save_dir / self.merged_name, self.settings)
         logger.info("saved %s", {k: str(v) for k, v in out.items()})

@@ -34,6 +34,9 @@ from ..utils.io import atomic_torch_save
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
+    "save_peft_adapter",
+    "load_peft_adapter",
+    "PEFT_PROJECT_FILE",
     "inject_lora",
     "add_condition_values",
     "ExtendedEmbedding",
@@ -254,6 +257,101 @@ def load_adapter(network: nn.Module, adapter: str | os.PathLike | Mapping[str, A
     if missing:
         raise ValueError(f"adapter tensors do not fit this network (e.g. {missing[:3]})")
     network.load_state_dict(state["lora"], strict=False)
+    return network
+
+
+#: the project's side file next to peft's two files: base hash, condition rows added by adaptation, extra metadata
+PEFT_PROJECT_FILE = "busgen_adapter.json"
+_ROWS_FILE = "busgen_condition_rows.safetensors"
+
+
+def save_peft_adapter(network: nn.Module, folder: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+    """Save the adapter in peft's own format, so peft users can load it without this project.
+
+    ``folder`` gets peft's ``adapter_config.json`` (a ``LoraConfig``) and ``adapter_model.safetensors`` (peft's
+    adapter state dict, keys without the adapter name), plus :data:`PEFT_PROJECT_FILE` (JSON: base sha256, the
+    condition rows each table had in the base, ``extra`` such as the extended condition codec) and, when
+    adaptation added condition values, ``busgen_condition_rows.safetensors`` (the new embedding rows: not LoRA,
+    so outside peft's format). With peft alone: ``inject_adapter_in_model(LoraConfig.from_pretrained(folder),
+    net)`` then ``set_peft_model_state_dict(net, safetensors.torch.load_file(folder/'adapter_model.safetensors'))``
+    on a base network with the same condition tables; :func:`load_peft_adapter` does both and the rows.
+    No pickle anywhere: JSON and safetensors only.
+    """
+    import json
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from ..utils.io import atomic_write_bytes, atomic_write_text
+
+    info = getattr(network, "_busgen_lora", None)
+    if info is None:
+        raise ValueError("the network has no LoRA adapters; call inject_lora first")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = info["adapter_name"]
+    config = network.peft_config[name]
+    config_dict = config.to_dict()
+    config_dict["target_modules"] = (sorted(config_dict["target_modules"]) if isinstance(config_dict["target_modules"],
+                                     (set, list, tuple)) else config_dict["target_modules"])
+    config_dict["peft_type"] = str(getattr(config.peft_type, "value", config.peft_type))
+    config_dict["task_type"] = None
+    atomic_write_text(folder / "adapter_config.json", json.dumps(config_dict, indent=2, default=str))
+    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(network, adapter_name=name).items()}
+    tmp = folder / ".adapter_model.safetensors.tmp"
+    save_file(weights, str(tmp), metadata={"format": "pt"})
+    atomic_write_bytes(folder / "adapter_model.safetensors", tmp.read_bytes())
+    tmp.unlink()
+    base_rows = dict(getattr(network, "_busgen_base_rows", {}))
+    if base_rows:
+        rows = {c: _condition_table(network, c).new_weight.detach().cpu().contiguous() for c in base_rows}
+        tmp = folder / f".{_ROWS_FILE}.tmp"
+        save_file(rows, str(tmp))
+        atomic_write_bytes(folder / _ROWS_FILE, tmp.read_bytes())
+        tmp.unlink()
+    project = {"format": "busgen-peft-adapter/1", "base_sha256": info.get("base_sha256"),
+               "adapter_name": name, "base_condition_rows": base_rows, "extra": dict(extra or {})}
+    atomic_write_text(folder / PEFT_PROJECT_FILE, json.dumps(project, indent=2, default=str))
+    return folder
+
+
+def load_peft_adapter(network: nn.Module, folder: str | os.PathLike, check_base: bool = True) -> nn.Module:
+    """Apply an adapter saved by :func:`save_peft_adapter` to a base network (in place): the condition rows first,
+    then peft's ``LoraConfig`` + weights. Refuses a base whose hash differs from the one recorded."""
+    import json
+
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for need in ("adapter_config.json", "adapter_model.safetensors", PEFT_PROJECT_FILE):
+        if not (folder / need).is_file():
+            raise FileNotFoundError(f"{folder} is not a peft adapter folder: {need} is missing")
+    project = json.loads((folder / PEFT_PROJECT_FILE).read_text())
+    base_hash = state_dict_sha256(network)
+    if check_base and project.get("base_sha256") and project["base_sha256"] != base_hash:
+        raise ValueError(f"adapter in {folder} was trained on base model {project['base_sha256'][:12]}..., but this "
+                         f"base is {base_hash[:12]}...; load the matching base weights (or pass check_base=False)")
+    if (folder / _ROWS_FILE).is_file():
+        rows = load_file(str(folder / _ROWS_FILE))
+        for cond, expected in project.get("base_condition_rows", {}).items():
+            have = _condition_table(network, cond).weight.shape[0]
+            if have != expected:
+                raise ValueError(f"{cond} table has {have} rows, the adapter expects a base with {expected}")
+            add_condition_values(network, cond, rows[cond].shape[0])
+            with torch.no_grad():
+                network.condition_embedding.tables[cond].new_weight.copy_(rows[cond])
+    config = LoraConfig.from_pretrained(str(folder))
+    inject_lora(network, config.r, config.lora_alpha, config.lora_dropout,
+                config.target_modules if isinstance(config.target_modules, str) else sorted(config.target_modules),
+                project.get("adapter_name", "default"))
+    network._busgen_lora["base_sha256"] = project.get("base_sha256") or base_hash
+    network._busgen_base_rows = dict(project.get("base_condition_rows", {}))
+    result = set_peft_model_state_dict(network, load_file(str(folder / "adapter_model.safetensors")),
+                                       adapter_name=project.get("adapter_name", "default"))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"adapter tensors in {folder} do not fit this network (e.g. {unexpected[:3]})")
     return network
 
 

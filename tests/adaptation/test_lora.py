@@ -134,3 +134,50 @@ def test_new_pathology_value_without_retraining_base(tmp_path):
 def test_state_hash_is_stable():
     a, b = _base(), _base()
     assert state_dict_sha256(a) == state_dict_sha256(b)
+
+
+def test_peft_format_adapter_round_trip_and_plain_peft_loads_it(tmp_path):
+    """The adapter in peft's own format: our loader reproduces the outputs exactly, and peft's API alone (config
+    from adapter_config.json, weights from adapter_model.safetensors) does too; no pickle in the folder."""
+    import json
+
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from busgen_monai.adaptation.lora import load_peft_adapter, save_peft_adapter
+
+    base = _base()
+    net = copy.deepcopy(base)
+    add_condition_values(net, "pathology", 1)
+    inject_lora(net, rank=4, alpha=8)
+    _train(net, pathology=(3, 1))
+    net.eval()
+    x, t, c = _batch((3, 1))
+    ref = net(x, timesteps=t, context=c)
+    folder = save_peft_adapter(net, tmp_path / "peft", extra={"codec": {"pathologies": ["a", "b", "c", "dcis"]}})
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                        "busgen_adapter.json", "busgen_condition_rows.safetensors"]
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
+
+    fresh = load_peft_adapter(copy.deepcopy(base), folder)
+    fresh.eval()
+    torch.testing.assert_close(fresh(x, timesteps=t, context=c), ref, rtol=0, atol=0)
+
+    # peft alone, on a base whose pathology table has the new row (from the project's rows file)
+    plain = copy.deepcopy(base)
+    add_condition_values(plain, "pathology", 1)
+    with torch.no_grad():
+        plain.condition_embedding.tables["pathology"].new_weight.copy_(
+            load_file(str(folder / "busgen_condition_rows.safetensors"))["pathology"])
+    inject_adapter_in_model(LoraConfig.from_pretrained(str(folder)), plain)
+    result = set_peft_model_state_dict(plain, load_file(str(folder / "adapter_model.safetensors")))
+    assert not result.unexpected_keys
+    plain.eval()
+    torch.testing.assert_close(plain(x, timesteps=t, context=c), ref, rtol=0, atol=0)
+
+    other = _base()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="trained on base model"):
+        load_peft_adapter(other, folder)

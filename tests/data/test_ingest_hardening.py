@@ -423,7 +423,7 @@ def test_second_run_into_a_locked_folder_fails_fast_and_nothing_is_lost(tmp_path
 
 
 def test_salt_file_is_created_exclusively(tmp_path):
-    from busgen_monai.data.ingest import _read_or_create_salt
+    from busgen_monai.data.ingest.state import _read_or_create_salt
 
     salt_file = tmp_path / "salt"
     first = _read_or_create_salt(salt_file)
