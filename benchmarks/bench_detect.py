@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", default="real,real+generated,generated")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="evaluate arms already trained in <out> instead of retraining")
     ap.add_argument("--docs-from", default=None, help="only rewrite the docs tables from an existing results.json")
     args = ap.parse_args(argv)
     if args.docs_from:
@@ -124,8 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         over = {**common, **arms[name], "output_dir": str(out / name.replace("+", "_"))}
         t0 = time.time()
-        tr = train(["presets/cpu"], **over)
-        t_train = time.time() - t0
+        done = Path(over["output_dir"]) / "training_summary.json"
+        if args.reuse and done.is_file() and (Path(over["output_dir"]) / "models" / "model.pt").is_file():
+            summary = json.loads(done.read_text())  # trained by an earlier run with the same settings
+            t_train = float(summary.get("train_seconds") or 0.0)
+        else:
+            summary = train(["presets/cpu"], **over)["summary"]
+            t_train = time.time() - t0
+        t0 = time.time() - t_train
+        tr = {"summary": summary}
         n_items = tr["summary"].get("iterations")
         rep = evaluate(["presets/cpu"], **over, n_bootstrap=args.n_bootstrap, grid_n=16)
         det = rep["results"]["detection"]

@@ -118,8 +118,7 @@ def detection_eval_iteration(engine: Engine, batchdata: Sequence[Mapping[str, An
     return {"pred": preds, "truth": truths,
             "image_id": [str(b.get("image_id", "")) for b in batchdata],
             "patient_id": [str(b.get("patient_id", "")) for b in batchdata],
-            "image_path": [str(b.get("image_path", b.get("image", ""))) if isinstance(b.get("image_path", ""), str)
-                           else "" for b in batchdata],
+            "image_path": [str(b.get("image_path") or "") for b in batchdata],
             "has_truth": [bool(b.get("has_truth", True)) for b in batchdata]}
 
 

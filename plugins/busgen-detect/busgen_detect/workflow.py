@@ -82,28 +82,39 @@ def infer(presets: Sequence[str] = (), **overrides: Any) -> str:
     return str(wf.parser.get_parsed_content("predictions_dir"))
 
 
-def lesion_free_phantom(out_dir: str | os.PathLike, n: int = 24, size: int = 128, seed: int = 1) -> str:
-    """A phantom data set of ``normal`` (lesion-free) images, all in the test split; returns its datalist path.
-    The main job's phantom has lesions in every image; this adds the normal images the detector's
-    false-positive count needs."""
+def lesion_free_phantom(out_dir: str | os.PathLike, n: int = 24, size: int = 128, seed: int = 1,
+                        split_fractions: Sequence[float] = (0.0, 0.0, 1.0)) -> str:
+    """A phantom data set of ``normal`` (lesion-free) images; returns its datalist path. Default: all in the
+    test split. Patient/study ids get the prefix ``PHN-`` so they never collide with another phantom's ids.
+    The main job's phantom has lesions in every image; this adds the normal images a detector needs."""
     from busgen_monai.data.phantom import write_dataset
+    from busgen_monai.data.schema import iter_items, load_datalist, save_datalist
 
-    return str(write_dataset(out_dir, n=int(n), seed=int(seed), size=(int(size), int(size)), pathologies=("normal",),
-                             split_fractions=(0.0, 0.0, 1.0)))
+    path = write_dataset(out_dir, n=int(n), seed=int(seed), size=(int(size), int(size)), pathologies=("normal",),
+                         split_fractions=tuple(float(f) for f in split_fractions))
+    data = load_datalist(path)
+    for _, _, it in iter_items(data):
+        it["patient_id"] = "PHN-" + str(it["patient_id"]).removeprefix("PH-")
+        it["study_id"] = "PHN-" + str(it["study_id"]).removeprefix("PH-")
+    data["name"] = "phantom_normal"
+    save_datalist(data, path)
+    return str(path)
 
 
-def phantom_stage(datalist: str | os.PathLike, out_dir: str | os.PathLike, max_epochs: int = 12, n_lesion_free: int = 24,
+def phantom_stage(datalist: str | os.PathLike, out_dir: str | os.PathLike, max_epochs: int = 12, n_lesion_free: int = 48,
                   n_bootstrap: int = 1000, presets: Sequence[str] = ("presets/cpu_tiny",), **overrides: Any) -> dict[str, Any]:
-    """The main job's ``detect`` stage: train the tiny detector on a phantom datalist's training split (model
-    selection on its validation split), evaluate on its test split plus ``n_lesion_free`` lesion-free phantom
-    images, write the report. Returns ``{"report", "ap50", "ap_small", "froc_mean", "lesion_free",
-    "output_dir", "seconds"}``."""
+    """The main job's ``detect`` stage: write ``n_lesion_free`` lesion-free phantom images (split 70/15/15 like
+    the phantom), train the tiny detector on the training splits of both datalists (model selection on their
+    validation splits), evaluate on their test splits and write the report. Returns ``{"report", "ap50",
+    "ap_small", "froc_mean", "lesion_free", "output_dir", "seconds"}``."""
     out = Path(out_dir)
     t0 = time.time()
-    normal = lesion_free_phantom(out / "lesion_free", n=n_lesion_free) if n_lesion_free > 0 else None
-    common = {"datalists": [str(datalist)], "output_dir": str(out), "max_epochs": int(max_epochs), **overrides}
+    sources = [str(datalist)]
+    if n_lesion_free > 0:
+        sources.append(lesion_free_phantom(out / "lesion_free", n=n_lesion_free, split_fractions=(0.7, 0.15, 0.15)))
+    common = {"datalists": sources, "output_dir": str(out), "max_epochs": int(max_epochs), **overrides}
     train(presets, **common)
-    rep = evaluate(presets, lesion_free_datalists=[normal] if normal else [], n_bootstrap=int(n_bootstrap), **common)
+    rep = evaluate(presets, n_bootstrap=int(n_bootstrap), **common)
     det = rep["results"]["detection"]
     return {"report": rep["report"], "ap50": det["ap50"]["estimate"], "ap_small": det["ap_small"]["estimate"],
             "froc_mean": det["froc_mean"], "lesion_free": det.get("lesion_free"), "output_dir": str(out),
