@@ -497,6 +497,21 @@ def run_audit(
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+class PrivacyAuditFailed(RuntimeError):
+    """The audit found more near copies of training images than allowed (``max_near_copies``)."""
+
+
+def require_passed(summary: dict[str, Any], fail: bool = True) -> dict[str, Any]:
+    """Raise :class:`PrivacyAuditFailed` when the audit did not pass (so ``python -m monai.bundle run`` exits
+    non-zero, as the ``busgen audit-privacy`` command does); ``fail=False`` only reports. Returns ``summary``."""
+    if fail and not summary.get("passed", False):
+        raise PrivacyAuditFailed(
+            f"privacy audit FAILED: {summary.get('near_copies')} generated image(s) are near copies of training images "
+            f"(allowed {summary.get('max_near_copies', 0)}); see {summary.get('report', 'the audit folder')} - do not "
+            "share this generated set; sample with the CPSampling guard or adapt with more data")
+    return summary
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="busgen audit-privacy",

@@ -374,6 +374,35 @@ def test_audit_cli_writes_its_files(phantom, tmp_path, capsys):
                  "--no-progress", "--threshold", "0.999", "--ssim-threshold", "0.95"]) == 0
 
 
+def test_audit_bundle_exits_non_zero_when_the_audit_fails(phantom, tmp_path):
+    """Through `python -m monai.bundle run` too, a failing audit is a failing run (and a passing one is not)."""
+    import subprocess
+    import sys
+
+    from busgen_monai.plugins import discover_plugins
+
+    files, _ = _copies(phantom, tmp_path / "gen")
+    bundle = discover_plugins()["cpsample"].bundle_paths()["cpsample"]
+    held = tmp_path / "held_only"
+    held.mkdir()
+    for f in files[3:]:
+        (held / f.name).write_bytes(f.read_bytes())
+
+    def run(gen, out, ssim):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "audit.json"),
+               "--bundle_root", str(bundle), "--generated_datalist", str(gen), "--training_datalist",
+               str(phantom["train"]), "--output_dir", str(out), "--progress", "false", "--threshold", "0.999",
+               "--ssim_threshold", str(ssim)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+    bad = run(files[0].parent, tmp_path / "a1", 0.9)
+    assert bad.returncode != 0 and "privacy audit FAILED" in bad.stderr + bad.stdout
+    good = run(held, tmp_path / "a2", 0.95)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert json.loads((tmp_path / "a2" / "summary.json").read_text())["passed"]
+
+
 # ---------------------------------------------------------------------------------------------- membership
 def test_membership_attacks(phantom, generator_file, tmp_path):
     from busgen_monai.inferers import load_generator
