@@ -15,7 +15,7 @@ from busgen_monai.networks import ConditionCodec
 
 @pytest.fixture(scope="module")
 def phantom_path(tmp_path_factory):
-    from busgen_monai.data.phantom import write_dataset
+    from busgen_monai.synthetic import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("phantom"), n=30, seed=1, size=(48, 48))
 

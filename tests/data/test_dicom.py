@@ -52,7 +52,7 @@ def _frames(path, **kw) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    from busgen_monai.data import pacs_export as pacs
+    from busgen_monai.synthetic import pacs_export as pacs
     out = tmp_path_factory.mktemp("pacs")
     root = pacs.write_pacs_export(out, n_patients=4, seed=3)
     truth = json.loads((out / "ground_truth.json").read_text())
@@ -321,7 +321,7 @@ def _text_band(width: int, height: int, lines, fill: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("gap", [0, 3, 12])
 @pytest.mark.parametrize("fill", [0, 40])
 def test_detection_removes_burned_in_text(gap, fill):
-    from busgen_monai.data.phantom import generate_case
+    from busgen_monai.synthetic.phantom import generate_case
 
     tissue = generate_case(5, "malignant", "PhantomMed-L12", (128, 160)).image
     h, w = tissue.shape
@@ -341,7 +341,7 @@ def test_detection_removes_burned_in_text(gap, fill):
 
 
 def test_detection_on_sector_image_blanks_corners():
-    from busgen_monai.data.phantom import generate_case
+    from busgen_monai.synthetic.phantom import generate_case
 
     fan = generate_case(2, "benign", "PhantomMed-C5", (128, 160)).image  # curvilinear: black outside the fan
     canvas = np.zeros((220, 300), np.uint8)
@@ -376,7 +376,7 @@ def test_phantom_detection_matches_regions(export):
 
 def test_phantom_frames_are_the_phantom(export):
     """Crop by the region sequence gives back exactly the phantom frames the export was made from."""
-    from busgen_monai.data.phantom import generate_case, generate_cine
+    from busgen_monai.synthetic.phantom import generate_case, generate_cine
 
     root, truth = export
     h, w = truth["image_size"]

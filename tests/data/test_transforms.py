@@ -32,7 +32,7 @@ from busgen_monai.networks.conditions import box_pixel_ranges, render_box_mask
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    from busgen_monai.data.phantom import write_dataset
+    from busgen_monai.synthetic import write_dataset
 
     path = write_dataset(tmp_path_factory.mktemp("phantom"), n=12, seed=3, size=(72, 96))
     return load_datalist(path)

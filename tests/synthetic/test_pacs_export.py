@@ -1,4 +1,4 @@
-"""Tests for busgen_monai.data.pacs_export (real DICOM files read back with pydicom; about 5 s)."""
+"""Tests for busgen_monai.synthetic.pacs_export (real DICOM files read back with pydicom; about 5 s)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pytest
 from pydicom.fileset import FileSet
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from busgen_monai.data.pacs_export import (
+from busgen_monai.synthetic.pacs_export import (
     ENHANCED_SR_STORAGE,
     SECONDARY_CAPTURE_IMAGE_STORAGE,
     US_IMAGE_STORAGE,
     US_MULTIFRAME_IMAGE_STORAGE,
     write_pacs_export,
 )
-from busgen_monai.data.phantom import PHANTOM_DEVICES, generate_case, generate_cine, mask_to_box
+from busgen_monai.synthetic import PHANTOM_DEVICES, generate_case, generate_cine, mask_to_box
 
 PHI_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "ReferringPhysicianName",
             "AccessionNumber", "OperatorsName")

@@ -1,4 +1,4 @@
-"""Tests for busgen_monai.data.phantom (real behaviour, no mocks; about 10 s)."""
+"""Tests for busgen_monai.synthetic.phantom and .dataset (real behaviour, no mocks; about 10 s)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
 
-from busgen_monai.data.phantom import (
-    PHANTOM_DEVICES,
-    generate_case,
-    generate_cine,
-    mask_to_box,
-    posterior_contrast,
-    sample_grid,
-    shape_statistics,
-    speckle_correlation_length,
-    write_dataset,
-)
+from busgen_monai.evaluation.lesion_shape import posterior_contrast, speckle_correlation_length
+from busgen_monai.synthetic import PHANTOM_DEVICES, generate_case, generate_cine, mask_to_box, sample_grid, write_dataset
 
 DEVICES = list(PHANTOM_DEVICES)
 
@@ -183,17 +174,6 @@ def test_benign_vs_malignant_shape_statistics():
     pb, pm = np.asarray(post["benign"]), np.asarray(post["malignant"])
     assert (pb > 0).mean() >= 0.85 and (pm < 0).mean() >= 0.95
     assert pb.mean() > 10 and pm.mean() < -30
-
-
-def test_shape_statistics_reference_shapes():
-    yy, xx = np.mgrid[0:101, 0:101]
-    disc = (yy - 50) ** 2 + (xx - 50) ** 2 <= 30**2
-    s = shape_statistics(disc)
-    assert s["aspect_ratio"] == 1.0
-    assert s["solidity"] > 0.96 and 0.9 < s["circularity"] < 1.1
-    star = disc & ((np.abs(yy - 50) < 4) | (np.abs(xx - 50) < 4) | ((yy - 50) ** 2 + (xx - 50) ** 2 <= 12**2))
-    t = shape_statistics(star)
-    assert t["solidity"] < 0.6 and t["circularity"] < 0.5
 
 
 def test_birads_consistent_with_pathology():
