@@ -75,7 +75,7 @@ def breast_metric_transform(class_index: int = 1):
 
 def loss_transform(output: Mapping[str, Any]) -> float:
     """The iteration loss as a float (for ``StatsHandler`` / ``TensorBoardStatsHandler``)."""
-    return float(output["loss"])
+    return float(output["loss"].detach()) if isinstance(output["loss"], torch.Tensor) else float(output["loss"])
 
 
 def unwrap(network: nn.Module) -> nn.Module:
