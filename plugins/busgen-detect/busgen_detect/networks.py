@@ -21,7 +21,9 @@ not import next to this project's torch:
   ``isinstance`` checks touch torchvision's ``Matcher`` / ``BalancedPositiveNegativeSampler`` even when MONAI's
   own ``ATSSMatcher`` / ``HardNegativeSampler`` are used; the overrides keep MONAI's logic for those two.
 
-Boxes are in pixels of the network input, ``[x1, y1, x2, y2]`` (MONAI's ``StandardMode`` in 2-D).
+Boxes are in pixels of the network input in MONAI's ``StandardMode`` order: coordinates follow the tensor's
+spatial axes, so for ``(C, H, W)`` images a box is ``[row1, col1, row2, col2]`` (see
+:mod:`busgen_detect.transforms`, which converts from and to the datalist's ``[x1, y1, x2, y2]``).
 """
 
 from __future__ import annotations

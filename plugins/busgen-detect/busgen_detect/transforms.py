@@ -8,8 +8,14 @@ The geometric transforms are the library's and MONAI's, and keep boxes right by 
 * ``busgen_monai.data.transforms.RandBoxSquareCropd``: box-preserving square crop (optional).
 
 The only transform written here, :class:`NormalisedBoxesToPixelsd`, is the last step before the network:
-normalised boxes -> ``(N, 4)`` float32 pixel boxes of the final image (MONAI ``StandardMode``, ``xyxy``) and
-``(N,)`` int64 labels; zero boxes give ``(0, 4)`` / ``(0,)`` tensors (a lesion-free image).
+normalised boxes -> ``(N, 4)`` float32 pixel boxes of the final image and ``(N,)`` int64 labels; zero boxes give
+``(0, 4)`` / ``(0,)`` tensors (a lesion-free image).
+
+Axis order: the datalist's ``[x1, y1, x2, y2]`` has x along image columns. MONAI's detection stack
+(``StandardMode``, anchors, box coder) orders box coordinates by the tensor's spatial axes, first axis first; for
+our ``(C, H, W)`` tensors that is ``[row1, col1, row2, col2]`` = ``[y1, x1, y2, x2]``. :func:`boxes_to_pixels` and
+:func:`boxes_to_normalised` convert between the two, so the detector sees MONAI's order and everything outside
+it (datalists, reports, predictions) sees the datalist's.
 """
 
 from __future__ import annotations
@@ -24,23 +30,30 @@ from monai.transforms import MapTransform
 __all__ = ["NormalisedBoxesToPixelsd", "boxes_to_pixels", "boxes_to_normalised"]
 
 
+#: datalist ``[x1, y1, x2, y2]`` <-> MONAI ``[row1, col1, row2, col2]`` (the permutation is its own inverse)
+_SWAP = [1, 0, 3, 2]
+
+
 def boxes_to_pixels(boxes: Any, height: int, width: int) -> torch.Tensor:
-    """Normalised ``(N, 4)`` ``[x1, y1, x2, y2]`` -> pixel boxes of an ``H x W`` image (float32, clipped)."""
+    """Normalised datalist boxes ``(N, 4)`` ``[x1, y1, x2, y2]`` -> MONAI pixel boxes of a ``(C, H, W)`` image,
+    ``[row1, col1, row2, col2]`` = ``[y1 * H, x1 * W, y2 * H, x2 * W]`` (float32, clipped to the image)."""
     arr = np.asarray(boxes if boxes is not None else [], dtype=np.float32).reshape(-1, 4)
-    scale = np.array([width, height, width, height], dtype=np.float32)
-    px = np.clip(arr, 0.0, 1.0) * scale
+    scale = np.array([height, width, height, width], dtype=np.float32)
+    px = np.clip(arr[:, _SWAP], 0.0, 1.0) * scale
     return torch.from_numpy(np.ascontiguousarray(px))
 
 
 def boxes_to_normalised(boxes: Any, height: int, width: int) -> np.ndarray:
-    """Pixel ``(N, 4)`` boxes of an ``H x W`` image -> normalised ``[x1, y1, x2, y2]`` clipped to [0, 1]."""
+    """MONAI pixel boxes ``[row1, col1, row2, col2]`` of a ``(C, H, W)`` image -> normalised datalist boxes
+    ``[x1, y1, x2, y2]`` clipped to [0, 1] (inverse of :func:`boxes_to_pixels`)."""
     arr = torch.as_tensor(boxes).detach().cpu().float().numpy().reshape(-1, 4)
-    scale = np.array([width, height, width, height], dtype=np.float32)
-    return np.clip(arr / scale, 0.0, 1.0).astype(np.float64)
+    scale = np.array([height, width, height, width], dtype=np.float32)
+    return np.clip(arr / scale, 0.0, 1.0)[:, _SWAP].astype(np.float64)
 
 
 class NormalisedBoxesToPixelsd(MapTransform):
-    """``d[box_key]`` (normalised list) -> pixel tensor ``(N, 4)`` of ``d[ref_key]`` ``(C, H, W)``; ``d[label_key]``
+    """``d[box_key]`` (normalised list) -> MONAI pixel tensor ``(N, 4)`` (``[row1, col1, row2, col2]``, see
+    :func:`boxes_to_pixels`) of ``d[ref_key]`` ``(C, H, W)``; ``d[label_key]``
     -> int64 ``(N,)`` (zeros when absent). The normalised boxes stay available under ``norm_box_key``."""
 
     def __init__(self, box_key: str = "boxes", label_key: str = "labels", ref_key: str = "image",

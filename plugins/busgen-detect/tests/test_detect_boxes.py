@@ -76,7 +76,8 @@ def test_unknown_backbone_names_the_key():
 def test_normalised_pixel_round_trip():
     boxes = np.array([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0]])
     px = boxes_to_pixels(boxes, 48, 64)
-    torch.testing.assert_close(px[0], torch.tensor([6.4, 9.6, 32.0, 43.2]))
+    # MONAI order for (C, H, W) tensors: [row1, col1, row2, col2] = [y1 * H, x1 * W, y2 * H, x2 * W]
+    torch.testing.assert_close(px[0], torch.tensor([9.6, 6.4, 43.2, 32.0]))
     np.testing.assert_allclose(boxes_to_normalised(px, 48, 64), boxes, atol=1e-6)
     assert boxes_to_pixels([], 64, 64).shape == (0, 4)
 
@@ -89,8 +90,19 @@ def _box_image(box, h, w):
 
 
 def _bright_box(img):
-    ys, xs = np.nonzero(np.asarray(img[0]) > 0.5)
-    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    """[row1, col1, row2, col2] of the bright pixels (MONAI's order for a (C, H, W) tensor)."""
+    rows, cols = np.nonzero(np.asarray(img[0]) > 0.5)
+    return [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]
+
+
+def test_pixel_boxes_follow_monai_anchor_axes():
+    """MONAI's anchors put their first coordinate along the tensor's first spatial axis; our pixel boxes must
+    too, or every target would be matched with anchors at the transposed position."""
+    gen = AnchorGeneratorWithAnchorShape(feature_map_scales=[1], base_anchor_shapes=((2, 2),))
+    anchors = gen(torch.zeros(1, 1, 32, 64), [torch.zeros(1, 1, 32, 64)])[0]
+    assert anchors[:, 2].max() == pytest.approx(32, abs=1) and anchors[:, 3].max() == pytest.approx(64, abs=1)
+    px = boxes_to_pixels([[0.0, 0.0, 1.0, 1.0]], 32, 64)  # the whole (C, 32, 64) image
+    torch.testing.assert_close(px[0], torch.tensor([0.0, 0.0, 32.0, 64.0]))
 
 
 def test_resize_and_flip_keep_boxes_on_the_lesion():
@@ -105,6 +117,8 @@ def test_resize_and_flip_keep_boxes_on_the_lesion():
     assert px.shape == (1, 4) and out["labels"].tolist() == [0]
     assert box_iou(px, torch.tensor([_bright_box(out["image"])], dtype=torch.float32)).item() > 0.9
     np.testing.assert_allclose(out["boxes_norm"][0], [1 - 0.5, 0.25, 1 - 0.125, 0.625])
+    r1, c1, r2, c2 = (int(round(float(v))) for v in px[0])
+    assert out["image"][0, r1:r2, c1:c2].float().mean() > 0.9  # the pixel box indexes the lesion as [rows, cols]
     # a lesion-free image keeps zero boxes through the same pipeline
     empty = pipe({"image": torch.zeros(1, 80, 120), "boxes": [], "labels": []})
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)

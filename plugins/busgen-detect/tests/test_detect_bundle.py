@@ -91,3 +91,14 @@ def test_tiny_detector_overfits_phantom_then_is_silent_on_lesion_free_images(tmp
     assert det["ap50"]["estimate"] >= 0.9
     # the lesion-free images were never seen in training: no box at or above the 0.5 operating threshold
     assert det["lesion_free"] == {"images": 4, "score_threshold": 0.5, "images_with_fp": 0, "fp_per_image": 0.0}
+
+
+def test_lesion_free_phantom_has_no_boxes_and_own_patient_ids(tmp_path):
+    from busgen_detect.data import count_boxes, load_items
+
+    path = lesion_free_phantom(tmp_path / "normal", n=10, size=32, split_fractions=(0.7, 0.15, 0.15))
+    items = load_items(path, "all")
+    counts = count_boxes(items)
+    assert counts["images"] == 10 and counts["boxes"] == 0 and counts["lesion_free_images"] == 10
+    assert all(it["patient_id"].startswith("PHN-") for it in items)
+    assert {it["pathology"] for it in items} == {"normal"}
