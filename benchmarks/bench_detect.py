@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"arms": {}, "settings": {**{k: v for k, v in vars(args).items()}, "n_real_train": n_real,
                                               "n_generated_available": n_gen_all}}
     for name in chosen:
-        over = {**common, **arms[name], "output_dir": str(out / name.replace("+", "_"))}
+        over = {**common, **arms[name], "output_dir": str(out / ("arm_" + name.replace("+", "_")))}
         t0 = time.time()
         done = Path(over["output_dir"]) / "training_summary.json"
         if args.reuse and done.is_file() and (Path(over["output_dir"]) / "models" / "model.pt").is_file():
