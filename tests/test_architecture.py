@@ -138,3 +138,15 @@ def test_each_plugin_keeps_its_tests_next_to_it():
         assert tests, f"{setup.parent.name} has no tests in {setup.parent / 'tests'}"
         assert not (setup.parent / "tests" / "__init__.py").exists()  # would shadow the top-level tests package
     assert not (ROOT / "tests" / "plugins").exists()
+
+
+def test_architecture_doc_lists_every_stage_and_public_module():
+    from busgen_monai.pipeline import STAGES
+    from busgen_monai.plugins import PUBLIC_API
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    table = doc.split("<!-- stage-table")[1].split("\n\n")[0]
+    assert [s.name for s in STAGES] == [row.split("|")[1].strip() for row in table.splitlines()[3:]
+                                        if row.startswith("|")]
+    for module in PUBLIC_API:
+        assert f"`{module.split('.', 1)[1]}`" in doc, module
