@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
     results: dict = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
                                  "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
-                                 "cores": os.cpu_count()}}
+                                 "cores": os.cpu_count(), "load_average_start": round(os.getloadavg()[0], 2)}}
     try:
         # ---------------------------------------------------------------- start-up (cold process)
         single = work / "single"
@@ -230,6 +230,7 @@ def main(argv=None) -> int:
                                   "added_by_deploy_mb": round(sum(extra.values()) / 2**20, 1),
                                   "added_by_deploy": sorted(extra)}
         print(json.dumps(results["environment"]), flush=True)
+        results["machine"]["load_average_end"] = round(os.getloadavg()[0], 2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -247,7 +248,9 @@ def to_markdown(r: dict) -> str:
         "# busgen-deploy benchmark (MONAI Deploy app: ultrasound DICOM in, SR + SC out)",
         "",
         f"Measured with `OMP_NUM_THREADS={m['threads']} python benchmarks/bench_deploy.py` on this project's CPU "
-        f"machine ({m['cores']} cores, shared; Python {m['python']}); medians of repeated runs. Classifier weights "
+        f"machine ({m['cores']} cores shared with other jobs: 1-minute load average {m.get('load_average_start')} at "
+        f"the start, {m.get('load_average_end')} at the end, so the times are upper bounds; Python {m['python']}); "
+        "medians of repeated runs. Classifier weights "
         "are random (timing only). Per-study time is the whole app graph (read + crop, classifier, Grad-CAM, SR + SC "
         "written atomically) with the classifier already loaded.",
         "",
