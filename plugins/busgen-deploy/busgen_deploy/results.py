@@ -46,6 +46,10 @@ def saliency_image(study: StudyInput, result: StudyResult, classifier: BundleCla
     inst = study.instances[pos]
     cropped = inst.frames[inst.frame_indices.index(frame_index)]
     cam = classifier.gradcam(cropped)
+    if float(cam.max()) <= 0.0:
+        # Grad-CAM keeps only regions whose features raise the explained class; none do for this frame
+        result.saliency_note = (f"the Grad-CAM map of class '{classifier.classes[classifier.positive_index]}' is "
+                                "empty: no image region raises its score")
     full = inst.full_frame(frame_index)
     return overlay_saliency(full, cam, inst.crop_box)
 
@@ -81,6 +85,7 @@ def write_outputs(out_dir: str | os.PathLike, study: StudyInput, result: StudyRe
             "instances": [{"position": i, "score": round(r.score, 6), "frames_scored": len(r.frame_indices),
                            "n_frames": r.n_frames} for i, r in enumerate(result.instances)],
             "key_frame": {"position": result.key[0], "frame": result.key[1]},
+            "saliency_note": result.saliency_note,
             "rejected": [{"reason": r["reason"], "detail": r["detail"]} for r in study.rejected],
             "skipped": [{"kind": s["kind"]} for s in study.skipped],
             "files": ["sr.dcm", "sc.dcm"],

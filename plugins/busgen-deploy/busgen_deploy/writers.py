@@ -61,6 +61,7 @@ class StudyResult:
     study_uid: str
     instances: list[InstanceResult]
     model: Mapping  # BundleClassifier.describe()
+    saliency_note: str = ""  # set when the Grad-CAM map is empty (no region raises the score)
 
     @property
     def score(self) -> float:
@@ -243,7 +244,8 @@ def build_sc(result: StudyResult, image: np.ndarray, *, app_version: str):
     sc.ImageComments = NOT_FOR_DIAGNOSIS
     sc.DerivationDescription = (f"Grad-CAM of {result.model['name']} {result.model['version']} "
                                 f"(weights sha256 {str(result.model['sha256'])[:16]}) on frame {frame + 1}; "
-                                f"score {src.score:.3f}; {NOT_FOR_DIAGNOSIS}")[:1024]
+                                f"score {src.score:.3f}; {result.saliency_note + '; ' if result.saliency_note else ''}"
+                                f"{NOT_FOR_DIAGNOSIS}")[:1024]
     ref = Dataset()
     ref.ReferencedSOPClassUID = ds.SOPClassUID
     ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID

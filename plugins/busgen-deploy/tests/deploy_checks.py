@@ -66,6 +66,12 @@ def _text_items(ds) -> dict[str, set[str]]:
     return out
 
 
+def _crop_box(path: Path) -> list[int]:
+    from busgen_monai.data.dicom import UltrasoundDicom
+
+    return list(UltrasoundDicom(path).crop.box)
+
+
 def check_study_outputs(out: Path, study_uid: str, us_paths: list[Path], classifier, max_frames: int = 8) -> dict:
     """Validate the SR + SC the app wrote for ``study_uid`` against its source files; returns the SR's scores."""
     import highdicom as hd
@@ -131,7 +137,20 @@ def check_study_outputs(out: Path, study_uid: str, us_paths: list[Path], classif
     assert ref.ReferencedSOPInstanceUID in sources
     key = pydicom.dcmread(sources[ref.ReferencedSOPInstanceUID], stop_before_pixels=True)
     assert sc.pixel_array.shape == (key.Rows, key.Columns, 3)
+    # the SC is the key frame: unchanged outside the imaging region (bar its outline), saliency blended inside
+    frame_no = int(ref.get("ReferencedFrameNumber", 1))
+    full, _ = read_ultrasound(sources[ref.ReferencedSOPInstanceUID], frames=frame_no - 1, region="none")
+    full = np.repeat(full[..., None], 3, axis=-1) if full.ndim == 2 else full
+    x0, y0, x1, y1 = [int(v) for v in _crop_box(sources[ref.ReferencedSOPInstanceUID])]
+    outside = np.ones(full.shape[:2], bool)
+    outside[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = False
+    assert np.array_equal(sc.pixel_array[outside], full[outside])
     summary = json.loads((folder / "result.json").read_text())
+    inside = (slice(y0 + 1, y1 - 1), slice(x0 + 1, x1 - 1))
+    if summary["saliency_note"]:
+        assert "empty" in sc.DerivationDescription
+    else:
+        assert np.abs(sc.pixel_array[inside].astype(int) - full[inside].astype(int)).max() > 0
     assert summary["score"] == pytest.approx(study_score, abs=1e-6)
     text = json.dumps(summary)
     assert study_uid not in text and not any(uid in text for uid in sources)  # the summary is PHI-free
