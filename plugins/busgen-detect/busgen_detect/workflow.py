@@ -101,7 +101,7 @@ def lesion_free_phantom(out_dir: str | os.PathLike, n: int = 24, size: int = 128
     return str(path)
 
 
-def phantom_stage(datalist: str | os.PathLike, out_dir: str | os.PathLike, max_epochs: int = 12, n_lesion_free: int = 48,
+def phantom_stage(datalist: str | os.PathLike, out_dir: str | os.PathLike, max_epochs: int = 8, n_lesion_free: int = 48,
                   n_bootstrap: int = 1000, presets: Sequence[str] = ("presets/cpu_tiny",), **overrides: Any) -> dict[str, Any]:
     """The main job's ``detect`` stage: write ``n_lesion_free`` lesion-free phantom images (split 70/15/15 like
     the phantom), train the tiny detector on the training splits of both datalists (model selection on their
