@@ -65,14 +65,14 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from .data import phantom
+    from .synthetic import write_dataset
 
     out = Path(args.out)
     if not args.pacs_only:
-        path = phantom.write_dataset(out / "dataset", n=args.n, seed=args.seed, size=(args.size, args.size))
+        path = write_dataset(out / "dataset", n=args.n, seed=args.seed, size=(args.size, args.size))
         print(f"phantom dataset: {path}")
     if args.pacs or args.pacs_only:
-        from .data.pacs_export import write_pacs_export
+        from .synthetic import write_pacs_export
 
         root = write_pacs_export(out / "pacs", n_patients=args.patients, seed=args.seed)
         print(f"phantom PACS export: {root}")

@@ -200,7 +200,7 @@ def load_adapted_generator(
     Raises when the base's hash differs from the one the adapter was trained on.
     """
     from ..inferers import load_generator
-    from ..networks import ConditionCodec
+    from ..data.conditions import ConditionCodec
 
     state = read_adapter(adapter)
     network, codec = load_generator(base_checkpoint, preset, use_ema=use_ema, device="cpu")

@@ -39,7 +39,7 @@ from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from busgen_monai.networks.conditions import ConditionCodec
+from busgen_monai.data.conditions import ConditionCodec
 from busgen_monai.utils.io import atomic_copy
 
 __all__ = [
@@ -602,8 +602,10 @@ _CKPT = re.compile(r"(?:iteration|epoch)=(\d+)")
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike | None, pattern: str = "*.pt") -> str | None:
-    """Newest checkpoint in ``ckpt_dir`` (``None`` if there is none): the highest ``iteration=N`` in the file names
-    written by ``CheckpointSaver`` (iteration-level and final checkpoints), newest file first on ties."""
+    """Newest checkpoint in ``ckpt_dir`` matching ``pattern`` (``None`` if there is none): the highest
+    ``iteration=N`` or ``epoch=N`` in the file names written by ``CheckpointSaver`` (interval and final
+    checkpoints), the newest file on ties; files without a number count lowest. The one checkpoint finder of the
+    project: plugins call it with their own pattern (e.g. ``"checkpoint_*.pt"``)."""
     if not ckpt_dir or not Path(ckpt_dir).is_dir():
         return None
     files = [p for p in Path(ckpt_dir).glob(pattern) if p.is_file()]
@@ -611,7 +613,7 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike | None, pattern: str = "*.pt")
         return None
 
     def key(p: Path) -> tuple[int, float]:
-        m = _CKPT.search(p.name) if "iteration=" in p.name else None
+        m = _CKPT.search(p.name)
         return (int(m.group(1)) if m else -1, p.stat().st_mtime)
 
     return str(max(files, key=key))

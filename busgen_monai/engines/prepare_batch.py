@@ -26,7 +26,7 @@ import torch
 from monai.data import MetaTensor
 from monai.engines.utils import DiffusionPrepareBatch
 
-from busgen_monai.networks.conditions import CONDITION_KEYS, drop_conditions
+from busgen_monai.data.conditions import CONDITION_KEYS, drop_conditions
 
 __all__ = ["DROP_MODES", "ConditionalDiffusionPrepareBatch"]
 
@@ -38,7 +38,7 @@ class ConditionalDiffusionPrepareBatch(DiffusionPrepareBatch):
 
     Args:
         num_train_timesteps: ``T``; timesteps are drawn uniformly from ``0 .. T-1``.
-        condition_name: batch key of the packed conditions ``(B, 1, K)`` (see :mod:`busgen_monai.networks.conditions`).
+        condition_name: batch key of the packed conditions ``(B, 1, K)`` (see :mod:`busgen_monai.data.conditions`).
         image_key: batch key of the images ``(B, C, H, W)`` in ``[-1, 1]``.
         drop_prob: probability of dropping the conditions (``joint`` mode) / default per condition (``independent``).
         drop_mode: ``joint`` or ``independent``.

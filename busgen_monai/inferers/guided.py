@@ -32,7 +32,7 @@ import torch
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
 
-from ..networks.conditions import drop_conditions
+from ..data.conditions import drop_conditions
 
 __all__ = ["GuidedDiffusionInferer", "classifier_free_guidance", "null_like"]
 
@@ -136,7 +136,7 @@ class GuidedDiffusionInferer(DiffusionInferer):
             diffusion_model: the conditional network (called ``model(x, timesteps=..., context=conditions)``).
             scheduler: overrides the inferer's scheduler.
             save_intermediates, intermediate_steps: return every ``intermediate_steps``-th step too.
-            conditioning: packed conditions ``(B, 1, K)`` (see :mod:`busgen_monai.networks.conditions`).
+            conditioning: packed conditions ``(B, 1, K)`` (see :mod:`busgen_monai.data.conditions`).
             mode: only ``"crossattn"`` (conditions go to the network's ``context``).
             verbose: progress bar.
             seg: unused (MONAI signature).

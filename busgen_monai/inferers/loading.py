@@ -92,7 +92,7 @@ def network_kwargs_of(state: Mapping[str, Any], preset: str | Mapping[str, Any] 
     An old checkpoint without them falls back to ``preset`` (with a warning), the saved codec's table sizes and the
     channel count read from the weights. ``overrides`` are applied last (for experiments; normally empty).
     """
-    from ..networks import ConditionCodec
+    from ..data.conditions import ConditionCodec
     from ..presets import get_preset, network_kwargs
 
     saved = state.get("network_kwargs")
@@ -157,7 +157,8 @@ def load_generator(
 
     ``preset`` is only consulted for old checkpoints that carry no ``network_kwargs`` (see :func:`network_kwargs_of`).
     """
-    from ..networks import ConditionalDiffusionUNet, ConditionCodec
+    from ..data.conditions import ConditionCodec
+    from ..networks import ConditionalDiffusionUNet
 
     path = resolve_checkpoint(checkpoint)
     state = read_checkpoint(path)

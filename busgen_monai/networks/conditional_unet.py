@@ -18,7 +18,7 @@
    the boxes of the condition as a binary mask and concatenates it to the image, so the wrapped U-Net has
    ``in_channels = image_channels + 1``. ``"fourier"`` / ``"both"`` add the paper's Fourier box embedding.
 
-**How conditions are passed.** One packed float tensor ``(B, 1, K)`` (see :mod:`busgen_monai.networks.conditions`)
+**How conditions are passed.** One packed float tensor ``(B, 1, K)`` (see :mod:`busgen_monai.data.conditions`)
 given as ``context`` (what :class:`monai.inferers.DiffusionInferer` passes in its default ``"crossattn"`` mode, both
 for the training loss and for ``sample(conditioning=..., cfg=..., cfg_fill_value=-1)``) or as ``class_labels``.
 ``class_labels`` may also be a ``(B,)`` integer tensor of pathology ids (other conditions null) and either argument
@@ -36,7 +36,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock, get_timestep_embedding
 from torch import nn
 
-from .conditions import Conditions, pack_conditions, render_box_mask, unpack_conditions
+from ..data.conditions import Conditions, pack_conditions, render_box_mask, unpack_conditions
 
 __all__ = [
     "BOX_CONDITION_MODES",
@@ -88,7 +88,7 @@ class FourierBoxEmbedding(nn.Module):
 
 
 class ConditionEmbedding(nn.Module):
-    """Embed unpacked :class:`~busgen_monai.networks.conditions.Conditions` into one vector (and tokens).
+    """Embed unpacked :class:`~busgen_monai.data.conditions.Conditions` into one vector (and tokens).
 
     Args:
         out_dim: width of the output vector (the U-Net's time-embedding width).

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,6 @@ import torch
 
 __all__ = ["attach_handlers", "latest_checkpoint", "accuracy_output_transform", "write_json", "training_summary"]
 
-_EPOCH = re.compile(r"(?:epoch|iteration)=(\d+)")
 
 
 def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
@@ -32,14 +29,9 @@ def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
     """The newest resumable checkpoint ``<prefix>_epoch=N.pt`` (highest N) in ``ckpt_dir``, or ``None``."""
-    paths = glob.glob(os.path.join(str(ckpt_dir), f"{prefix}_*.pt"))
-    best, best_n = None, -1
-    for p in paths:
-        m = _EPOCH.search(os.path.basename(p))
-        n = int(m.group(1)) if m else -1
-        if n > best_n or (n == best_n and best is not None and os.path.getmtime(p) > os.path.getmtime(best)):
-            best, best_n = p, n
-    return best
+    from busgen_monai.engines import latest_checkpoint as _latest
+
+    return _latest(ckpt_dir, f"{prefix}_*.pt")
 
 
 def accuracy_output_transform(output: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor]):

@@ -26,9 +26,7 @@ before the discriminator step, so ``requires_grad`` is never toggled and the net
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -193,13 +191,9 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "checkpoint_ep
 
     Used by the bundle to resume: ``CheckpointLoader`` is enabled only when this returns a path.
     """
-    files = glob.glob(os.path.join(str(ckpt_dir), pattern))
+    from busgen_monai.engines import latest_checkpoint as _latest
 
-    def _num(p: str) -> int:
-        m = re.search(r"=(\d+)", os.path.basename(p))
-        return int(m.group(1)) if m else -1
-
-    return max(files, key=_num) if files else None
+    return _latest(ckpt_dir, pattern)
 
 
 class CycleGANTrainer(Trainer):
