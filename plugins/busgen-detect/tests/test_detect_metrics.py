@@ -232,3 +232,28 @@ def test_detection_summary_counts_lesion_free_false_positives():
     assert out["lesion_free"] == {"images": 1, "score_threshold": 0.5, "images_with_fp": 1, "fp_per_image": 1.0}
     assert out["counts"]["images"] == 11 and out["counts"]["boxes"] == 10
     assert set(out) >= {"ap50", "ap_small", "ap_small_q30", "froc_sens@0.5fp", "froc_sens@4fp"}
+
+
+def test_report_files_and_paired_comparison(tmp_path):
+    from busgen_detect.report import read_predictions, write_detection_report
+
+    def records(quality):
+        preds, truths, groups = _random_set(2, n=20, quality=quality)
+        return [{"image_id": f"img{i}", "patient_id": g, "image_path": "", "boxes": np.asarray(p["boxes"]),
+                 "scores": np.asarray(p["scores"]), "truth": np.asarray(t["boxes"])}
+                for i, (p, t, g) in enumerate(zip(preds, truths, groups))]
+
+    good = write_detection_report(records(0.02), tmp_path / "good", model_name="good", n_bootstrap=100)
+    assert {p.name for p in (tmp_path / "good").iterdir()} >= {"report.json", "report.md", "report.html", "pr.png",
+                                                               "froc.png", "predictions.json", "predictions.csv"}
+    back = read_predictions(good["predictions"])
+    assert len(back) == 20 and back[3]["image_id"] == "img3" and back[3]["truth"].shape == (1, 4)
+    bad = write_detection_report(records(0.2), tmp_path / "bad", n_bootstrap=300, compare_predictions=tmp_path / "good",
+                                 compare_name="good")
+    comp = bad["results"]["comparison"]
+    assert comp["against"] == "good" and comp["images"] == 20
+    assert comp["ap50"]["difference"] < 0 and 0 < comp["ap50"]["p_value"] <= 1
+    assert comp["ap50"]["difference"] == pytest.approx(bad["results"]["detection"]["ap50"]["estimate"]
+                                                       - good["results"]["detection"]["ap50"]["estimate"])
+    with pytest.raises(FileNotFoundError, match="compare_predictions"):
+        read_predictions(tmp_path / "nowhere.json")
