@@ -1,78 +1,62 @@
-"""Ignite handlers for diffusion training on :class:`monai.engines.SupervisedTrainer` (MONAI handler style:
-``attach(engine)``), plus LR-schedule and checkpoint helpers.
+"""Ignite handlers for the training step of diffusion training on :class:`monai.engines.SupervisedTrainer` (MONAI
+handler style: ``attach(engine)``), and the LR schedule.
 
 - :class:`GradientClipHandler`: clip the gradient norm after ``backward`` and before ``optimizer.step``
   (``SupervisedTrainer`` has no clipping argument; it fires ``IterationEvents.BACKWARD_COMPLETED`` in between).
 - :class:`EMAHandler`: exponential moving average of the weights in a :class:`torch.optim.swa_utils.AveragedModel`;
   has ``state_dict``/``load_state_dict`` so checkpoints save and resume it.
-- :class:`DiffusionValidationLossHandler`: epsilon-MSE on a fixed batch with fixed noise and timesteps
-  (a comparable validation loss), written to ``engine.state.metrics``.
-- :class:`SampleGridHandler`: periodically samples a fixed grid of conditions (pathology x device, fixed boxes, fixed
-  seed) with a few-step DDIM/DDPM scheduler and classifier-free guidance, and saves a PNG grid.
 - :class:`ProgressBarHandler`: ignite's ``ProgressBar`` with the loss shown, attachable from a bundle config.
-- :class:`TrainerCheckpointSaver` / :class:`ResumeCheckpointLoader`: MONAI's ``CheckpointSaver`` /
-  ``CheckpointLoader`` that also save/restore the engine they are attached to (iteration and epoch counters), so a
-  bundle config lists them in ``train_handlers`` without a trainer <-> handler reference cycle; the loader is a no-op
-  when there is nothing to resume.
-- :class:`NetworkArgsRecord`: checkpoint entry with the network's constructor arguments (``network_kwargs``);
-  :class:`SettingsRecord`: the training settings (``settings``: image size, schedule, guidance).
-- :func:`warmup_cosine_schedule`, :func:`latest_checkpoint`, :func:`unwrap_network`, :func:`first_batch`.
+- :func:`warmup_cosine_schedule`, :func:`unwrap_network`.
+
+Validation loss and sample grids are in :mod:`.monitoring`, checkpoints in :mod:`.checkpoints`; their names are
+re-exported here for code that imported them from this module.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import os
-import re
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointLoader, CheckpointSaver
-from monai.inferers import DiffusionInferer
 from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from busgen_monai.data.conditions import ConditionCodec
-from busgen_monai.utils.io import atomic_copy
+
+from ._common import unwrap_network
+from .checkpoints import (
+    NetworkArgsRecord,
+    ResumeCheckpointLoader,
+    SettingsRecord,
+    TrainerCheckpointSaver,
+    latest_checkpoint,
+)
+from .monitoring import DiffusionValidationLossHandler, SampleGridHandler, first_batch
 
 __all__ = [
     "unwrap_network",
     "GradientClipHandler",
     "EMAHandler",
+    "ProgressBarHandler",
+    "warmup_cosine_schedule",
+    # re-exported from .monitoring and .checkpoints
     "DiffusionValidationLossHandler",
     "SampleGridHandler",
-    "ProgressBarHandler",
+    "first_batch",
     "NetworkArgsRecord",
     "SettingsRecord",
     "TrainerCheckpointSaver",
     "ResumeCheckpointLoader",
-    "warmup_cosine_schedule",
     "latest_checkpoint",
-    "first_batch",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` / ``AveragedModel`` wrappers."""
-    while isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel, AveragedModel)):
-        network = network.module
-    return network
-
-
-def _event(epoch_level: bool, interval: int):
-    return (Events.EPOCH_COMPLETED if epoch_level else Events.ITERATION_COMPLETED)(every=max(int(interval), 1))
-
-
-# ---------------------------------------------------------------------------------------------- gradient clipping
 class GradientClipHandler:
     """Clip the total gradient norm of the trainer's network to ``max_norm`` before each optimizer step.
 
@@ -180,240 +164,6 @@ class EMAHandler:
 
 
 # ---------------------------------------------------------------------------------------------- validation loss
-def first_batch(dataset: Sequence, num_items: int = 4) -> dict[str, torch.Tensor]:
-    """Collate the first ``num_items`` items of ``dataset`` into a batch (for a fixed validation batch)."""
-    from monai.data import list_data_collate
-
-    if len(dataset) == 0:
-        raise ValueError("first_batch: the dataset is empty (no validation items in the datalist?)")
-    return list_data_collate([dataset[i] for i in range(min(num_items, len(dataset)))])
-
-
-class DiffusionValidationLossHandler:
-    """Epsilon-prediction MSE of the network on a fixed batch with fixed noise and evenly spread timesteps.
-
-    Every call uses the same noisy inputs, so the value is comparable across iterations and runs (unlike the
-    training loss, whose noise and timesteps are random). The loss is averaged over ``repeats`` timestep sets.
-
-    Args:
-        network: the network (or pass ``ema`` to evaluate the EMA weights).
-        scheduler: the training noise scheduler (its ``add_noise``).
-        batch: a batch dict with ``image_key`` and ``condition_key``, or a callable returning one (evaluated lazily).
-        interval: run every N epochs (``epoch_level``) or iterations.
-        metric_name: key in ``engine.state.metrics``.
-        seed: seed of the fixed noise/timesteps.
-        repeats: number of timestep sets per item.
-        ema: an :class:`EMAHandler` whose averaged weights are evaluated instead of ``network``.
-    """
-
-    def __init__(
-        self,
-        network: nn.Module,
-        scheduler: Any,
-        batch: Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]],
-        interval: int = 1,
-        epoch_level: bool = True,
-        metric_name: str = "val_loss",
-        seed: int = 0,
-        repeats: int = 4,
-        image_key: str = "image",
-        condition_key: str = "cond",
-        ema: EMAHandler | None = None,
-    ) -> None:
-        self.network = network
-        self.scheduler = scheduler
-        self._batch = batch
-        self.interval = int(interval)
-        self.epoch_level = bool(epoch_level)
-        self.metric_name = metric_name
-        self.seed = int(seed)
-        self.repeats = max(int(repeats), 1)
-        self.image_key = image_key
-        self.condition_key = condition_key
-        self.ema = ema
-        self._fixed: tuple[torch.Tensor, ...] | None = None
-        self.history: list[tuple[int, float]] = []
-
-    def _prepare(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        if self._fixed is None:
-            batch = self._batch() if callable(self._batch) else self._batch
-            images = torch.as_tensor(batch[self.image_key]).float()
-            cond = torch.as_tensor(batch[self.condition_key]).float()
-            if cond.dim() == 2:
-                cond = cond[:, None]
-            images = images.repeat(self.repeats, 1, 1, 1)
-            cond = cond.repeat(self.repeats, 1, 1)
-            gen = torch.Generator().manual_seed(self.seed)
-            noise = torch.randn(images.shape, generator=gen)
-            t_max = int(self.scheduler.num_train_timesteps)
-            n = images.shape[0]
-            timesteps = ((torch.arange(n) + 0.5) * t_max / n).long().clamp(max=t_max - 1)
-            self._fixed = (images, cond, noise, timesteps)
-        return tuple(t.to(device) for t in self._fixed)
-
-    @torch.no_grad()
-    def compute(self, device: torch.device | str | None = None) -> float:
-        """The fixed-batch validation loss of the current weights."""
-        net = self.ema.module if self.ema is not None else unwrap_network(self.network)
-        device = torch.device(device) if device is not None else next(net.parameters()).device
-        images, cond, noise, timesteps = self._prepare(device)
-        was_training = net.training
-        net.eval()
-        try:
-            pred = DiffusionInferer(self.scheduler)(images, net, noise=noise, timesteps=timesteps, condition=cond)
-            loss = float(torch.nn.functional.mse_loss(pred.float(), noise.float()))
-        finally:
-            net.train(was_training)
-        return loss
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
-        engine.add_event_handler(_event(self.epoch_level, self.interval), self)
-
-    def __call__(self, engine: Engine) -> None:
-        loss = self.compute(getattr(engine.state, "device", None))
-        engine.state.metrics[self.metric_name] = loss
-        self.history.append((int(engine.state.iteration), loss))
-        logger.info("iteration %d: %s = %.5f", engine.state.iteration, self.metric_name, loss)
-
-
-# ---------------------------------------------------------------------------------------------- sample grid
-class SampleGridHandler:
-    """Sample a fixed grid of conditions and save it as a PNG (rows: pathologies, columns: devices).
-
-    Sampling uses :meth:`monai.inferers.DiffusionInferer.sample` with classifier-free guidance
-    (``cfg = 1 + w``, the unconditional half filled with ``-1`` = every condition null), a fixed noise seed and the
-    same boxes for every cell, so grids of successive validations are directly comparable.
-
-    Args:
-        network: the network (DDP-wrapped is fine).
-        codec: the :class:`~busgen_monai.networks.ConditionCodec` used for training.
-        scheduler: a sampling scheduler, e.g. ``DDIMScheduler`` (its ``set_timesteps(num_inference_steps)`` is called).
-        output_dir: folder of the PNG files (``grid_iteration=<N>.png``, and ``grid_latest.png``).
-        image_size: sample height/width.
-        pathologies: pathology names for the rows (default: all of the codec's).
-        devices: device names for the columns (default: up to 4 from ``datalist_devices`` or the codec).
-        boxes: boxes drawn into every cell (normalised ``x1, y1, x2, y2``).
-        guidance_w: BUSGen's ``w``; ``cfg = 1 + w`` (``None``: no guidance).
-        num_inference_steps: scheduler steps.
-        interval, epoch_level: when to sample (also once at the end of training).
-        seed: noise seed.
-        ema: an :class:`EMAHandler`; its averaged weights are sampled when given.
-        summary_writer: optional TensorBoard ``SummaryWriter`` to also log the grid.
-    """
-
-    def __init__(
-        self,
-        network: nn.Module,
-        codec: ConditionCodec,
-        scheduler: Any,
-        output_dir: str | os.PathLike,
-        image_size: int | Sequence[int] = 64,
-        pathologies: Sequence[str] | None = None,
-        devices: Sequence[str] | None = None,
-        datalist_devices: Sequence[str] | None = None,
-        boxes: Sequence[Sequence[float]] = ((0.35, 0.35, 0.65, 0.6),),
-        guidance_w: float | None = 1.8,
-        num_inference_steps: int = 20,
-        interval: int = 1,
-        epoch_level: bool = True,
-        seed: int = 0,
-        ema: EMAHandler | None = None,
-        summary_writer: Any = None,
-        image_channels: int | None = None,
-    ) -> None:
-        self.network = network
-        self.codec = codec
-        self.scheduler = scheduler
-        self.output_dir = Path(output_dir)
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.pathologies = list(pathologies) if pathologies is not None else list(codec.pathologies)
-        if devices is None:
-            pool = [d for d in (datalist_devices or []) if codec.vocabulary.find(d) is not None]
-            devices = pool[:4] if pool else codec.vocabulary.names[:2]
-        self.devices = list(devices)
-        self.boxes = [list(map(float, b)) for b in boxes]
-        self.guidance_w = guidance_w
-        self.num_inference_steps = int(num_inference_steps)
-        self.interval = int(interval)
-        self.epoch_level = bool(epoch_level)
-        self.seed = int(seed)
-        self.ema = ema
-        self.summary_writer = summary_writer
-        # default: the network's (1 for every grey B-mode preset)
-        self.image_channels = int(image_channels if image_channels is not None
-                                  else getattr(unwrap_network(network), "image_channels", 1))
-        self.last_path: Path | None = None
-
-    def conditions(self) -> tuple[torch.Tensor, list[str]]:
-        """Packed conditions ``(R * C, 1, K)`` of the grid (row-major) and their captions."""
-        paths, devs, labels = [], [], []
-        for p in self.pathologies:
-            for d in self.devices:
-                paths.append(p)
-                devs.append(d)
-                labels.append(f"{p} / {d}")
-        cond = self.codec.pack_names(paths, devs, boxes=[self.boxes] * len(paths))
-        return cond, labels
-
-    @torch.no_grad()
-    def sample(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Sample the grid; returns images ``(R * C, channels, H, W)`` in ``[-1, 1]``."""
-        net = self.ema.module if self.ema is not None else unwrap_network(self.network)
-        device = torch.device(device) if device is not None else next(net.parameters()).device
-        cond, _ = self.conditions()
-        gen = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn((cond.shape[0], self.image_channels, *self.image_size), generator=gen).to(device)
-        self.scheduler.set_timesteps(self.num_inference_steps)
-        was_training = net.training
-        net.eval()
-        try:
-            images = DiffusionInferer(self.scheduler).sample(
-                input_noise=noise,
-                diffusion_model=net,
-                scheduler=self.scheduler,
-                conditioning=cond.to(device),
-                mode="crossattn",
-                verbose=False,
-                cfg=None if self.guidance_w is None else 1.0 + float(self.guidance_w),
-                cfg_fill_value=-1.0,
-            )
-        finally:
-            net.train(was_training)
-        return images.clamp(-1, 1)
-
-    def save(self, images: torch.Tensor, tag: str) -> Path:
-        from busgen_monai.visualize import save_image_grid
-
-        _, labels = self.conditions()
-        path = save_image_grid(
-            [im.cpu() for im in images],
-            self.output_dir / f"grid_{tag}.png",
-            labels=labels,
-            boxes=[self.boxes] * len(labels),
-            ncols=len(self.devices),
-            title=f"samples {tag} (w={self.guidance_w}, {self.num_inference_steps} steps, seed {self.seed})",
-        )
-        atomic_copy(path, self.output_dir / "grid_latest.png")
-        return path
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(_event(self.epoch_level, self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        it = int(engine.state.iteration)
-        if self.last_path is not None and self.last_path.name == f"grid_iteration={it:07d}.png":
-            return  # already sampled at this iteration (interval and COMPLETED coincide)
-        images = self.sample(getattr(engine.state, "device", None))
-        self.last_path = self.save(images, f"iteration={it:07d}")
-        if self.summary_writer is not None:
-            grid = (images.cpu() + 1) / 2
-            self.summary_writer.add_images("samples", grid, it)
-        logger.info("iteration %d: sample grid saved to %s", it, self.last_path)
-
-
-# ---------------------------------------------------------------------------------------------- progress bar
 class ProgressBarHandler:
     """ignite's :class:`~ignite.handlers.ProgressBar` showing the loss, usable in ``train_handlers`` of a config.
 
@@ -488,132 +238,3 @@ def warmup_cosine_schedule(
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-class _EngineRef:
-    """Checkpoint entry standing for the engine a handler gets attached to (``state_dict`` = its counters)."""
-
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.engine is None:
-            raise RuntimeError("checkpoint handler is not attached to an engine")
-        return dict(self.engine.state_dict())
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        if self.engine is None:
-            raise RuntimeError("checkpoint handler is not attached to an engine")
-        self.engine.load_state_dict(state_dict)
-
-
-class NetworkArgsRecord:
-    """Checkpoint entry holding the network's full constructor arguments (``network.init_args``: preset plus every
-    override), saved as ``network_kwargs`` so whatever loads the checkpoint rebuilds exactly the trained network.
-
-    On resume, ``load_state_dict`` refuses a checkpoint trained with different network arguments (naming the keys
-    that differ) instead of failing later with a tensor size mismatch.
-    """
-
-    def __init__(self, network: nn.Module) -> None:
-        self.network = network
-
-    def state_dict(self) -> dict[str, Any]:
-        net = unwrap_network(self.network)
-        args = getattr(net, "init_args", None)
-        if args is None:
-            raise TypeError(f"{type(net).__name__} has no init_args; only busgen networks record their arguments")
-        return copy.deepcopy(dict(args))
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-        current = self.state_dict()
-        differ = sorted(k for k in set(current) | set(state_dict) if current.get(k) != state_dict.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {state_dict.get(k)!r} vs config {current.get(k)!r}" for k in differ)
-            raise ValueError(f"the checkpoint to resume from was trained with other network arguments ({detail}); "
-                             "use the same settings, or a new output_dir / --resume false to start over")
-
-
-class SettingsRecord:
-    """Checkpoint entry holding the training settings (the preset as actually trained, see
-    :func:`busgen_monai.presets.trained_settings`), saved as ``settings``: image size, channels, noise schedule,
-    guidance weight, so a sampler rebuilds the whole generator from the checkpoint alone.
-
-    On resume, a checkpoint trained at another image size, channel count or noise schedule is refused.
-    """
-
-    _MUST_MATCH = ("image_size", "image_channels", "num_train_timesteps", "beta_start", "beta_end")
-
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.settings = copy.deepcopy(dict(settings))
-
-    def state_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.settings)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-        differ = [k for k in self._MUST_MATCH if k in state_dict and state_dict[k] != self.settings.get(k)]
-        if differ:
-            detail = ", ".join(f"{k}: checkpoint {state_dict[k]!r} vs config {self.settings.get(k)!r}" for k in differ)
-            raise ValueError(f"the checkpoint to resume from was trained with other settings ({detail}); "
-                             "use the same settings, or a new output_dir / --resume false to start over")
-
-
-class TrainerCheckpointSaver(CheckpointSaver):
-    """:class:`monai.handlers.CheckpointSaver` that also saves the engine it is attached to under ``engine_key``.
-
-    All other arguments are ``CheckpointSaver``'s; ``save_dict`` holds the network, optimizer, LR scheduler, EMA,
-    condition codec... (anything with ``state_dict``).
-    """
-
-    def __init__(self, save_dir: str, save_dict: dict, engine_key: str = "trainer", **kwargs: Any) -> None:
-        if engine_key in save_dict:
-            raise ValueError(f"save_dict already has {engine_key!r}; the saver adds the engine under that key itself")
-        self._engine_ref = _EngineRef()
-        super().__init__(save_dir, {**save_dict, engine_key: self._engine_ref}, **kwargs)
-
-    def attach(self, engine: Engine) -> None:
-        self._engine_ref.engine = engine
-        super().attach(engine)
-
-
-class ResumeCheckpointLoader(CheckpointLoader):
-    """:class:`monai.handlers.CheckpointLoader` that also restores the engine it is attached to (``engine_key``), so
-    training continues at the saved iteration with the saved optimizer/scheduler/EMA state.
-
-    ``load_path=None`` (no checkpoint yet, e.g. ``latest_checkpoint(ckpt_dir)`` of a fresh run) makes it a no-op.
-    Attach it before handlers that act on ``Events.STARTED`` so they see the restored state.
-    """
-
-    def __init__(self, load_path: str | None, load_dict: dict, engine_key: str = "trainer", **kwargs: Any) -> None:
-        if engine_key in load_dict:
-            raise ValueError(f"load_dict already has {engine_key!r}; the loader adds the engine under that key itself")
-        self._engine_ref = _EngineRef()
-        self.enabled = load_path is not None
-        path = str(load_path) if load_path is not None else "<none>"
-        super().__init__(path, {**load_dict, engine_key: self._engine_ref}, **kwargs)
-
-    def attach(self, engine: Engine) -> None:
-        if not self.enabled:
-            logger.info("no checkpoint to resume from: training starts at iteration 0")
-            return
-        self._engine_ref.engine = engine
-        super().attach(engine)
-
-
-_CKPT = re.compile(r"(?:iteration|epoch)=(\d+)")
-
-
-def latest_checkpoint(ckpt_dir: str | os.PathLike | None, pattern: str = "*.pt") -> str | None:
-    """Newest checkpoint in ``ckpt_dir`` matching ``pattern`` (``None`` if there is none): the highest
-    ``iteration=N`` or ``epoch=N`` in the file names written by ``CheckpointSaver`` (interval and final
-    checkpoints), the newest file on ties; files without a number count lowest. The one checkpoint finder of the
-    project: plugins call it with their own pattern (e.g. ``"checkpoint_*.pt"``)."""
-    if not ckpt_dir or not Path(ckpt_dir).is_dir():
-        return None
-    files = [p for p in Path(ckpt_dir).glob(pattern) if p.is_file()]
-    if not files:
-        return None
-
-    def key(p: Path) -> tuple[int, float]:
-        m = _CKPT.search(p.name)
-        return (int(m.group(1)) if m else -1, p.stat().st_mtime)
-
-    return str(max(files, key=key))

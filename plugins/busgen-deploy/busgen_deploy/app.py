@@ -45,6 +45,8 @@ class BusgenDeployApp(Application):
         model_config: the classifier and its operating point.
         classifier: an already loaded classifier (skips loading; used by benchmarks and long-running services).
         max_frames: frames scored per instance.
+        detector_config, detector: optional lesion detector (:class:`~busgen_deploy.detector.DetectorConfig` or a
+            loaded :class:`~busgen_deploy.detector.BundleDetector`): boxes as SR spatial coordinates.
     """
 
     name = "busgen-deploy"
@@ -53,7 +55,9 @@ class BusgenDeployApp(Application):
 
     def __init__(self, *args, input_folder: str | os.PathLike, output_folder: str | os.PathLike,
                  model_config: ModelConfig | None = None, classifier: BundleClassifier | None = None,
-                 max_frames: int = 8, **kwargs):
+                 max_frames: int = 8, detector_config=None, detector=None, **kwargs):
+        self.detector_config = detector_config
+        self.detector = detector
         self.input_folder = Path(input_folder)
         self.output_folder = Path(output_folder)
         self.model_config = model_config or ModelConfig()
@@ -66,6 +70,7 @@ class BusgenDeployApp(Application):
         reader = UltrasoundStudyReaderOperator(self, CountCondition(self, 1), input_folder=self.input_folder,
                                                max_frames=self.max_frames, name="us_study_reader")
         infer = BusClassifierInferenceOperator(self, model_config=self.model_config, classifier=self.classifier,
+                                               detector_config=self.detector_config, detector=self.detector,
                                                name="bus_classifier_inference")
         self.writer = DicomResultWriterOperator(self, output_folder=self.output_folder, app_version=__version__,
                                                 name="dicom_sr_sc_writer")
@@ -107,10 +112,12 @@ def model_config_from_path(model: str | os.PathLike | None, **overrides) -> Mode
 
 
 def run_app(input_folder, output_folder, model_config: ModelConfig | None = None, *,
-            classifier: BundleClassifier | None = None, max_frames: int = 8) -> dict:
+            classifier: BundleClassifier | None = None, max_frames: int = 8, detector_config=None,
+            detector=None) -> dict:
     """Run the app once; returns the run report (``{"written": [...], "failed": [...]}``)."""
     app = BusgenDeployApp(input_folder=input_folder, output_folder=output_folder, model_config=model_config,
-                          classifier=classifier, max_frames=max_frames)
+                          classifier=classifier, max_frames=max_frames, detector_config=detector_config,
+                          detector=detector)
     app.run()
     return dict(app.writer.report) if app.writer is not None else {}
 
@@ -137,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="bundle config override (JSON value), e.g. --set backbone=resnet18")
     p.add_argument("--max-frames", type=int, default=8, help="frames scored per instance (default 8)")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--detector-model", help="optional lesion detector checkpoint (bus_detector's models/model.pt): "
+                                            "boxes of each instance's key frame go into the SR as spatial coordinates")
+    p.add_argument("--detector-configs", default="train",
+                   help="bus_detector configs the detector was trained with, e.g. train,presets/cpu_tiny")
+    p.add_argument("--detector-threshold", type=float, default=0.3, help="detection score threshold (default 0.3)")
     return p
 
 
@@ -164,13 +176,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      overrides=overrides or None)
         t0 = time.perf_counter()
         classifier = BundleClassifier(cfg)
+        detector = None
+        if args.detector_model:
+            from .detector import BundleDetector, DetectorConfig
+
+            detector = BundleDetector(DetectorConfig(model_path=args.detector_model, configs=args.detector_configs,
+                                                     score_threshold=args.detector_threshold))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not Path(args.input).exists():
         print(f"error: input folder {args.input} does not exist", file=sys.stderr)
         return 1
-    report = run_app(args.input, args.output, cfg, classifier=classifier, max_frames=args.max_frames)
+    report = run_app(args.input, args.output, cfg, classifier=classifier, max_frames=args.max_frames,
+                     detector=detector)
     for w in report.get("written", []):
         print(f"{w['study']}: score {w['score']:.3f} -> {w['decision']}")
     for f in report.get("failed", []):

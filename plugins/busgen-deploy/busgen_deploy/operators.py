@@ -102,13 +102,26 @@ class BusClassifierInferenceOperator(InferenceOperator):
         fragment: the application.
         model_config: :class:`~busgen_deploy.model.ModelConfig` (bundle, configs, weights, operating point).
         classifier: an already built :class:`~busgen_deploy.model.BundleClassifier` (overrides ``model_config``).
+        detector_config, detector: optional lesion detector (:mod:`busgen_deploy.detector`): boxes of each
+            instance's highest-scoring frame, written into the SR as spatial coordinates.
     """
 
     def __init__(self, fragment: Fragment, *args, model_config: ModelConfig | None = None,
-                 classifier: BundleClassifier | None = None, **kwargs):
+                 classifier: BundleClassifier | None = None, detector_config=None, detector=None, **kwargs):
         self.model_config = model_config or ModelConfig()
         self._classifier = classifier
+        self.detector_config = detector_config
+        self._detector = detector
         super().__init__(fragment, *args, **kwargs)
+
+    @property
+    def detector(self):
+        """The optional lesion detector (``None`` unless a detector config or instance was given)."""
+        if self._detector is None and self.detector_config is not None:
+            from .detector import BundleDetector
+
+            self._detector = BundleDetector(self.detector_config)
+        return self._detector
 
     @property
     def classifier(self) -> BundleClassifier:
@@ -139,7 +152,7 @@ class BusClassifierInferenceOperator(InferenceOperator):
                 continue
             try:
                 t0 = time.perf_counter()
-                result = score_study(study, self.classifier)
+                result = score_study(study, self.classifier, self.detector)
                 overlay = saliency_image(study, result, self.classifier)
                 logger.info("study %s: score %.3f (%s) from %d instance(s) in %.2f s", study.label, result.score,
                             result.decision, len(result.instances), time.perf_counter() - t0)

@@ -20,6 +20,7 @@ PLUGIN = Plugin(
         "inference_operator": "busgen_deploy.operators.BusClassifierInferenceOperator",
         "writer_operator": "busgen_deploy.operators.DicomResultWriterOperator",
         "classifier": "busgen_deploy.model.BundleClassifier",
+        "detector": "busgen_deploy.detector.BundleDetector",
         "dicomweb_client": "busgen_deploy.pacs.DicomWebClient",
         "pacs_ingest": "busgen_deploy.pacs_ingest.pacs_ingest",
     },

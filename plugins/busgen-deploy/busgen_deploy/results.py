@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from busgen_monai.utils.io import atomic_write_json
 
 from .model import BundleClassifier
@@ -28,16 +30,26 @@ from .writers import InstanceResult, StudyResult, build_sc, build_sr, overlay_sa
 __all__ = ["score_study", "saliency_image", "write_study", "write_outputs", "record_error", "clear_error"]
 
 
-def score_study(study: StudyInput, classifier: BundleClassifier) -> StudyResult:
-    """Malignancy probability of every frame read from the study's instances."""
+def score_study(study: StudyInput, classifier: BundleClassifier, detector=None) -> StudyResult:
+    """Malignancy probability of every frame read from the study's instances; with a
+    :class:`~busgen_deploy.detector.BundleDetector`, also the lesion boxes of each instance's highest-scoring
+    frame (in source pixels)."""
+    from .detector import source_boxes
+
     frames = [f for inst in study.instances for f in inst.frames]
     scores = classifier.predict(frames).scores.tolist()
     out, k = [], 0
     for inst in study.instances:
         n = len(inst.frames)
-        out.append(InstanceResult(inst.dataset, list(inst.frame_indices), scores[k:k + n], inst.n_frames))
+        r = InstanceResult(inst.dataset, list(inst.frame_indices), scores[k:k + n], inst.n_frames)
+        if detector is not None:
+            best = int(np.argmax(r.frame_scores))
+            r.detection_frame = inst.frame_indices[best]
+            r.detections = source_boxes(detector.detect(inst.frames[best]), inst.crop_box)
+        out.append(r)
         k += n
-    return StudyResult(study.study_uid, out, classifier.describe())
+    return StudyResult(study.study_uid, out, classifier.describe(),
+                      detector=detector.describe() if detector is not None else None)
 
 
 def saliency_image(study: StudyInput, result: StudyResult, classifier: BundleClassifier):
@@ -55,11 +67,10 @@ def saliency_image(study: StudyInput, result: StudyResult, classifier: BundleCla
 
 
 def write_study(out_dir: str | os.PathLike, study: StudyInput, classifier: BundleClassifier, *,
-                app_version: str) -> dict:
-    """Score, explain and write the SR + SC + summary of one study into ``out_dir/<label>/`` atomically.
-
-    Returns the summary written to ``result.json``."""
-    result = score_study(study, classifier)
+                app_version: str, detector=None) -> dict:
+    """Score, explain (and detect) and write the SR + SC + summary of one study into ``out_dir/<label>/``
+    atomically. Returns the summary written to ``result.json``."""
+    result = score_study(study, classifier, detector)
     return write_outputs(out_dir, study, result, saliency_image(study, result, classifier), app_version=app_version)
 
 
@@ -83,7 +94,12 @@ def write_outputs(out_dir: str | os.PathLike, study: StudyInput, result: StudyRe
             "decision": result.decision,
             "model": dict(result.model),
             "instances": [{"position": i, "score": round(r.score, 6), "frames_scored": len(r.frame_indices),
-                           "n_frames": r.n_frames} for i, r in enumerate(result.instances)],
+                           "n_frames": r.n_frames,
+                           **({"detection_frame": r.detection_frame,
+                               "boxes": [{"box": [round(v, 1) for v in b], "score": round(sc, 6)}
+                                         for b, sc in r.detections]} if result.detector is not None else {})}
+                          for i, r in enumerate(result.instances)],
+            "detector": dict(result.detector) if result.detector is not None else None,
             "key_frame": {"position": result.key[0], "frame": result.key[1]},
             "saliency_note": result.saliency_note,
             "rejected": [{"reason": r["reason"], "detail": r["detail"]} for r in study.rejected],

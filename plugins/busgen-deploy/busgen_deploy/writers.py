@@ -26,7 +26,7 @@ UIDs, so a re-run replaces rather than duplicates results in a PACS).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +48,8 @@ class InstanceResult:
     frame_indices: list[int]
     frame_scores: list[float]
     n_frames: int
+    detections: list = field(default_factory=list)  # [([x0, y0, x1, y1] source pixels, score)] on detection_frame
+    detection_frame: int | None = None  # 0-based frame the detector ran on
 
     @property
     def score(self) -> float:
@@ -62,6 +64,7 @@ class StudyResult:
     instances: list[InstanceResult]
     model: Mapping  # BundleClassifier.describe()
     saliency_note: str = ""  # set when the Grad-CAM map is empty (no region raises the score)
+    detector: Mapping | None = None  # BundleDetector.describe() when the detector ran
 
     @property
     def score(self) -> float:
@@ -163,6 +166,8 @@ def build_sr(result: StudyResult, *, app_version: str):
             algorithm_id=algorithm, measurements=[meas],
             source_images=[hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
                                                                 _frames(ds, r.frame_indices))]))
+    if result.detector is not None:
+        groups += _detection_groups(result, key)
     study_sources = [hd.sr.SourceImageForMeasurement(str(r.dataset.SOPClassUID), str(r.dataset.SOPInstanceUID))
                      for r in result.instances]
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -192,6 +197,40 @@ def build_sr(result: StudyResult, *, app_version: str):
     )
     sr.SeriesDescription = "AI lesion malignancy score (research, not for diagnosis)"
     return sr
+
+
+def _detection_groups(result: StudyResult, key: str) -> list:
+    """TID 1410 planar ROI groups, one per detected box: the rectangle as a closed POLYLINE in the source frame's
+    pixel coordinates (column, row), its detection score, finding type SCT 4147007 "Mass"."""
+    import highdicom as hd
+
+    det = result.detector
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=str(det["name"])[:64], version=str(det["version"])[:64],
+        parameters=[f"weights sha256 {det['sha256']}", f"score threshold {float(det['score_threshold']):.6g}",
+                    f"bundle {det['bundle']} configs {det['configs']}"[:1024]])
+    score_name = hd.sr.CodedConcept(value="DETECTION-SCORE", scheme_designator="99BUSGEN",
+                                    meaning="Lesion detection confidence")
+    unit = hd.sr.CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
+    mass = hd.sr.CodedConcept(value="4147007", scheme_designator="SCT", meaning="Mass")
+    groups = []
+    for n, r in enumerate(result.instances, 1):
+        ds = r.dataset
+        for k, (box, score) in enumerate(r.detections, 1):
+            x0, y0, x1, y1 = box
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32),
+                source_image=hd.sr.SourceImageForRegion(
+                    referenced_sop_class_uid=str(ds.SOPClassUID), referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+                    referenced_frame_numbers=_frames(ds, [r.detection_frame or 0])))
+            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=deterministic_uid(key, "box", n, k),
+                                                             identifier=f"instance {n} lesion {k}"),
+                referenced_region=region, finding_type=mass, algorithm_id=algorithm,
+                measurements=[hd.sr.Measurement(name=score_name, value=round(float(score), 6), unit=unit,
+                                                algorithm_id=algorithm)]))
+    return groups
 
 
 def overlay_saliency(frame: np.ndarray, cam: np.ndarray, box: Sequence[int], alpha: float = 0.4) -> np.ndarray:

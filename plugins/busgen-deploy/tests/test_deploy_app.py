@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -155,3 +156,55 @@ def test_unreadable_study_writes_nothing_and_fails_the_run(pacs_export, model_pa
     summary = json.loads(next(out.glob("ST-*/result.json")).read_text())
     assert summary["model"]["threshold"] == 0.4 and summary["model"]["threshold_source"] == "test operating point"
     assert summary["decision"] == ("malignant" if summary["score"] >= 0.4 else "benign")
+
+
+def test_detector_boxes_as_sr_spatial_coordinates(pacs_export, classifier, tmp_path):
+    """With the optional detector (bus_detector, trained here for 2 epochs), each instance's key frame gets boxes,
+    written into the SR as closed POLYLINE rectangles in source pixels that reference the source frame."""
+    import highdicom as hd
+
+    from busgen_deploy.app import run_app
+    from busgen_deploy.detector import BundleDetector, DetectorConfig
+    from busgen_deploy.study import study_label
+    from busgen_detect.workflow import train
+    from busgen_monai.data.dicom import UltrasoundDicom, read_ultrasound
+    from busgen_monai.data.phantom import write_dataset
+
+    datalist = write_dataset(tmp_path / "phantom", n=64, seed=0, size=(64, 64))
+    train(["presets/cpu_tiny"], datalists=[str(datalist)], output_dir=str(tmp_path / "det"), max_epochs=2)
+    detector = BundleDetector(DetectorConfig(model_path=str(tmp_path / "det" / "models" / "model.pt"),
+                                             configs="train,presets/cpu_tiny", score_threshold=0.05, max_boxes=3))
+    uid, paths = max(us_files(pacs_export).items(), key=lambda kv: len(kv[1]))
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, p in enumerate(paths):
+        shutil.copy(p, src / f"{i}.dcm")
+    out = tmp_path / "out"
+    report = run_app(src, out, classifier.config, classifier=classifier, detector=detector)
+    assert report["failed"] == [] and len(report["written"]) == 1
+    check_study_outputs(out, uid, sorted(src.glob("*.dcm")), classifier)  # dciodvfy + classifier checks still hold
+    sr = hd.sr.srread(out / study_label(uid) / "sr.dcm")
+    summary = json.loads((out / study_label(uid) / "result.json").read_text())
+    assert summary["detector"]["sha256"] == detector.model_sha256
+    by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in src.glob("*.dcm")}
+    in_sr: dict[str, list] = {}
+    for g in sr.content.get_planar_roi_measurement_groups():
+        ref = g.roi.ContentSequence[0].ReferencedSOPSequence[0]
+        pts = np.asarray(g.roi.GraphicData, dtype=float).reshape(-1, 2)
+        assert g.roi.GraphicType == "POLYLINE" and len(pts) == 5 and np.allclose(pts[0], pts[-1])
+        (m,) = g.get_measurements()
+        in_sr.setdefault(ref.ReferencedSOPInstanceUID, []).append(
+            (int(ref.get("ReferencedFrameNumber", 1)) - 1, [pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(),
+                                                              pts[:, 1].max()], float(m.value)))
+    assert in_sr, "the detector found nothing above 0.05 on any key frame"
+    for sop, boxes in in_sr.items():
+        (frame,) = {f for f, _, _ in boxes}
+        # the same boxes from the detector run here on the frame read here, shifted by the crop offset
+        crop = UltrasoundDicom(by_uid[sop]).crop.box
+        img, _ = read_ultrasound(by_uid[sop], frames=frame, color="gray")
+        expected = [([b[0] + crop[0], b[1] + crop[1], b[2] + crop[0], b[3] + crop[1]], s)
+                    for b, s in detector.detect(img)]
+        assert len(expected) == len(boxes)
+        for (_, got, score), (box, s) in zip(sorted(boxes, key=lambda t: -t[2]), expected):
+            assert np.allclose(got, box, atol=1e-3) and score == pytest.approx(s, abs=1e-5)
+            assert crop[0] <= got[0] < got[2] <= crop[2] and crop[1] <= got[1] < got[3] <= crop[3]
