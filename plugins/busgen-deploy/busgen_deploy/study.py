@@ -17,8 +17,8 @@ Rules, per study (``StudyInstanceUID``):
   the study, what it holds and why nothing could be used); the app writes nothing for it.
 
 Unlike ingestion this keeps the study's identifiers (the results go back to the same PACS), but no
-identifier is written to logs: messages name files by their position in the input folder and studies by
-a short salted hash.
+identifier is written to logs or summaries: messages name files by ``FILE-`` + a hash of their path in the
+input folder (exports name folders after patients) and studies by ``ST-`` + a hash of their UID.
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ def find_studies(folder: str | os.PathLike) -> tuple[dict[str, list[tuple[Path, 
     unreadable: list[dict] = []
     for path in _iter_files(folder):
         rel = str(path.relative_to(folder)) if path != folder else path.name
+        rel = "FILE-" + hashlib.sha256(rel.encode()).hexdigest()[:10]
         kind = sniff_dicom(path)
         if kind is None:
             continue
@@ -181,6 +182,7 @@ def read_study(study_uid: str, members: Sequence[tuple[Path, object]], *, root: 
     modalities_seen: Counter = Counter()
     for path, ds in members:
         rel = str(path.relative_to(root)) if root is not None and path != root else path.name
+        rel = "FILE-" + hashlib.sha256(rel.encode()).hexdigest()[:10]
         sop_class = str(ds.get("SOPClassUID", ""))
         modality = str(ds.get("Modality", "") or "").upper()
         modalities_seen[modality or "(none)"] += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,10 @@ def _dciodvfy_errors(path: Path, source_uids: set[str] = frozenset()) -> list[st
     """dciodvfy's errors, less "illegal UID root" errors on UIDs copied from the source (a real file of the test
     set has 999.999... UIDs: results must keep the study's UIDs, right or wrong)."""
     exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed: bash .ci/setup.d/orthanc.sh installs it")
+    if exe is None:  # the other checks (highdicom parse, references, scores) still run
+        warnings.warn("dciodvfy (Debian package dicom3tools) is not installed, SR/SC not IOD-validated: "
+                      "bash .ci/setup.d/orthanc.sh installs it", stacklevel=2)
+        return []
     out = subprocess.run([exe, str(path)], capture_output=True, text=True)
     errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
     return [e for e in errors if not ("Illegal root for UID" in e and any(f'"{u}"' in e for u in source_uids))]
