@@ -84,12 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--arms", default="real,real+generated,generated")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (initialisation, order, augmentation)")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="evaluate arms already trained in <out> instead of retraining")
-    ap.add_argument("--docs-from", default=None, help="only rewrite the docs tables from an existing results.json")
+    ap.add_argument("--docs-from", default=None,
+                    help="only rewrite the docs from existing results.json file(s), comma-separated (one per seed)")
     args = ap.parse_args(argv)
     if args.docs_from:
-        write_docs(json.loads(Path(args.docs_from).read_text()))
+        runs = [json.loads(Path(p).read_text()) for p in args.docs_from.split(",") if p]
+        write_docs(runs[0], runs[1:])
         return 0
 
     import torch
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     common = {
         "datalists": [real], "val_datalists": [real], "test_datalists": [real],
         "image_size": [s, s], "backbone": args.backbone, "batch_size": args.batch_size,
-        "learning_rate": args.lr, "early_stop_patience": 0, "progress_bar": False, "seed": 0,
+        "learning_rate": args.lr, "early_stop_patience": 0, "progress_bar": False, "seed": args.seed,
         "anchor_shapes": [[s / 8, s / 8], [s * 3 / 16, s / 8], [s / 8, s * 3 / 16]],
     }
     arms = {
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_docs(results: dict) -> None:
+def write_docs(results: dict, more: list | None = None) -> None:
     from busgen_detect.engine import write_json
     from busgen_monai.utils.io import atomic_write_text
 
@@ -211,6 +214,34 @@ def write_docs(results: dict) -> None:
               f"{any_arm['small_q30_threshold']:.3f} ({any_arm['n_small_q30']} boxes). Total run time "
               f"{results['total_seconds'] / 60:.1f} min (python {results['machine']['python']}, torch "
               f"{results['machine']['torch']}).", ""]
+    if more:
+        import numpy as np
+
+        runs = [results, *more]
+        seeds = [r["settings"].get("seed", 0) for r in runs]
+        lines += [f"## Seed spread ({len(runs)} training seeds: {', '.join(map(str, seeds))}; same data, split and "
+                  "generated set)", "",
+                  "| arm | AP@0.5 mean ± sd | AP_small (< 0.068) mean ± sd | AP_small (smallest 30 %) mean ± sd | "
+                  "dAP@0.5 vs real, mean (per seed) | dAP_small vs real, mean (per seed) |", "|---|---|---|---|---|---|"]
+        for name in results["arms"]:
+            vals = {k: np.array([r["arms"][name]["test"][k]["estimate"] for r in runs]) for k in
+                    ("ap50", "ap_small", "ap_small_q30")}
+            ms = lambda v: f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"  # noqa: E731
+            if name == "real":
+                d50 = dsm = "-"
+            else:
+                a = [r["paired_vs_real"][name]["ap50"]["difference"] for r in runs]
+                b = [r["paired_vs_real"][name]["ap_small"]["difference"] for r in runs]
+                d50 = f"{np.mean(a):+.3f} ({', '.join(f'{x:+.3f}' for x in a)})"
+                dsm = f"{np.mean(b):+.3f} ({', '.join(f'{x:+.3f}' for x in b)})"
+            lines.append(f"| {name} | {ms(vals['ap50'])} | {ms(vals['ap_small'])} | {ms(vals['ap_small_q30'])} | "
+                         f"{d50} | {dsm} |")
+        lines.append("")
+        slim["more_seeds"] = [{n: {k: a["test"][k]["estimate"] for k in ("ap50", "ap_small", "ap_small_q30", "froc_mean")}
+                               for n, a in r["arms"].items()} | {"seed": r["settings"].get("seed", 0),
+                                                                "paired_vs_real": r.get("paired_vs_real")}
+                              for r in more]
+        write_json(docs / "bench_detect_results.json", slim)
     atomic_write_text(docs / "bench_detect_results.md", "\n".join(lines) + "\n")
 
 
