@@ -217,7 +217,7 @@ def training_summary(trainer: Any, evaluator: Any = None, output_dir: str | os.P
     out = state.output if isinstance(state.output, Mapping) else {}
     summary: dict[str, Any] = {"epochs": int(state.epoch), "iterations": int(state.iteration),
                                "max_epochs": int(state.max_epochs or 0),
-                               "last_loss": float(out["loss"]) if "loss" in out else None}
+                               "last_loss": loss_transform(out) if "loss" in out else None}
     if evaluator is not None and getattr(evaluator.state, "best_metric", None) is not None:
         summary["best_val_metric"] = float(evaluator.state.best_metric)
         summary["best_val_epoch"] = int(evaluator.state.best_metric_epoch)
