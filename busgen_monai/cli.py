@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     ex.add_argument("--preset", default=None, help="only for old checkpoints without saved settings")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--torchscript", default=None, metavar="TS",
+                    help="also write a TorchScript module (traced, checked against the network; codec and settings "
+                         "inside as JSON) for runtimes without this package, e.g. MONAI Deploy")
 
     pl = sub.add_parser("pull", help="download a bundle from a bundle hub (folder or URL; sha256-checked)",
                         description="Download a packaged bundle pushed with `busgen package --push HUB`, through "
@@ -368,6 +371,11 @@ def cmd_export(args) -> int:
     from .utils.io import file_sha256
 
     print(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)})")
+    if args.torchscript:
+        from .inferers.torchscript import export_torchscript
+
+        ts = export_torchscript(path, args.torchscript)
+        print(f"torchscript: {ts} ({ts.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(ts)}; equal outputs checked)")
     return 0
 
 
