@@ -135,6 +135,9 @@ class CycleGANGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
         self.apply(lambda m: normal_init(m, std=init_std))
 
+    #: TorchScript (``torch.jit.script``, MONAI's ``ckpt_export``) compiles the network, not this Python-only property
+    __jit_unused_properties__ = ["config"]
+
     @property
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable), so a saved generator can be rebuilt from a bank."""
@@ -143,9 +146,10 @@ class CycleGANGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, H, W)`` in [-1, 1] -> ``(B, out_channels, H, W)`` in [-1, 1]."""
         m = 2 ** self.num_downsample
-        if any(s % m for s in x.shape[2:]):
-            raise ValueError(f"CycleGANGenerator: spatial size {tuple(x.shape[2:])} must be divisible by {m} "
-                             f"(2 ** num_downsample); resize the image first")
+        for s in x.shape[2:]:  # written so that TorchScript compiles it too
+            if s % m != 0:
+                raise ValueError("CycleGANGenerator: spatial size " + str(s) + " must be divisible by " + str(m)
+                                 + " (2 ** num_downsample); resize the image first")
         return self.model(x)
 
 

@@ -41,6 +41,27 @@ def test_generator_shapes_range_and_rebuild(upsample):
     assert torch.equal(g(x), g2(x))
 
 
+def test_generator_exports_with_monai_ckpt_export(tmp_path):
+    """MONAI's ckpt_export (torch.jit.script) on the bundle's network_def: the TorchScript file gives the same output."""
+    from monai.bundle import ckpt_export
+
+    from busgen_monai.plugins import discover_plugins
+
+    bundle = discover_plugins()["deviceaug"].bundle_paths()["device_cyclegan"]
+    g = CycleGANGenerator(channels=4, num_res_blocks=1).eval()
+    torch.save(g.state_dict(), tmp_path / "g.pt")
+    cfg = tmp_path / "net.json"
+    cfg.write_text('{"network_def": {"_target_": "busgen_deviceaug.networks.CycleGANGenerator", "channels": 4, '
+                   '"num_res_blocks": 1}}')
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "g.ts"), ckpt_file=str(tmp_path / "g.pt"),
+                config_file=str(cfg), meta_file=str(bundle / "configs" / "metadata.json"), use_trace=False)
+    ts = torch.jit.load(str(tmp_path / "g.ts"))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(ts(x), g(x), rtol=0, atol=0)
+    with pytest.raises(Exception, match="divisible by 4"):
+        ts(torch.zeros(1, 3, 30, 32))
+
+
 def test_generator_rejects_bad_sizes_and_args():
     with pytest.raises(ValueError, match="divisible by 4"):
         CycleGANGenerator(channels=4, num_res_blocks=1)(torch.zeros(1, 3, 30, 32))
