@@ -182,11 +182,15 @@ def _resize(arr: np.ndarray, size: Sequence[int], mode: str) -> torch.Tensor:
     return F.interpolate(t, size=tuple(int(s) for s in size), mode="nearest")[0, 0]
 
 
+_LIST_KEYS = ("images", "masks", "image_ids", "image_pathology")
+
+
 class LoadBreastd(MapTransform):
     """Load every image of a breast item, resize each to ``image_size`` and stack them.
 
     Writes ``image`` (K, H, W) float in [0, 1] (K images as channels, so MONAI spatial transforms move all images
-    of a breast together) and, with ``load_masks``, ``lesion_mask`` (K, H, W) in {0, 1} and ``has_mask`` (K,)
+    of a breast together). An unreadable image is logged and left out of its breast (``rejected_images`` lists it);
+    a breast none of whose images can be read raises one error naming them. With ``load_masks``, ``lesion_mask`` (K, H, W) in {0, 1} and ``has_mask`` (K,)
     (masks are for localisation scores only, never for training).
 
     Args:
@@ -207,17 +211,29 @@ class LoadBreastd(MapTransform):
             paths = d[key]
             if not paths:
                 raise ValueError(f"breast {d.get('breast_id')!r} has no image")
-            imgs = []
-            for p in paths:
+            imgs, keep, problems = [], [], []
+            for i, p in enumerate(paths):
                 try:
                     arr = read_image_gray(p).astype(np.float32) / 255.0
-                except Exception as err:  # noqa: BLE001 - re-raised with the file named
-                    raise ValueError(f"cannot read image {p} of breast {d.get('breast_id')!r}: {err}") from err
+                except Exception as err:  # noqa: BLE001 - logged; the breast goes on with its other images
+                    problems.append(f"{p}: {err}")
+                    continue
                 imgs.append(_resize(arr, self.image_size, "area"))
+                keep.append(i)
+            if not imgs:
+                raise ValueError(f"breast {d.get('breast_id')!r}: none of its images can be read ({'; '.join(problems)}); "
+                                 "fix or remove them in the datalist")
+            if problems:
+                logger.warning("breast %r: %d unreadable image(s) left out: %s", d.get("breast_id"), len(problems),
+                               "; ".join(problems))
+                for list_key in _LIST_KEYS:
+                    if isinstance(d.get(list_key), list) and len(d[list_key]) == len(paths):
+                        d[list_key] = [d[list_key][i] for i in keep]
+                d["rejected_images"] = problems
             d["image"] = torch.stack(imgs).clamp(0.0, 1.0)
             if self.load_masks:
                 masks, has = [], []
-                for p in d.get("masks") or [""] * len(paths):
+                for p in d.get("masks") or [""] * len(imgs):
                     if p and os.path.isfile(p):
                         m = (read_image_gray(p) > 127).astype(np.float32)
                         masks.append((_resize(m, self.image_size, "nearest") > 0.5).float())
@@ -228,9 +244,6 @@ class LoadBreastd(MapTransform):
                 d["lesion_mask"] = torch.stack(masks)
                 d["has_mask"] = torch.tensor(has)
         return d
-
-
-_LIST_KEYS = ("images", "masks", "image_ids", "image_pathology")
 
 
 def collate_breasts(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

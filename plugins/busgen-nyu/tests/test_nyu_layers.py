@@ -186,3 +186,21 @@ def test_bus_bra_breasts_are_patients(bus_bra_root):
     assert max(b["n_images"] for b in breasts) == 2 and sum(b["n_images"] for b in breasts) == 1875
     assert all(b["label"][0] + b["label"][1] == 1.0 for b in breasts)  # one lesion per BUS-BRA patient
     assert all(np.isfinite(b["birads"]) for b in breasts)
+
+
+def test_load_breast_leaves_out_unreadable_images(tmp_path):
+    from PIL import Image
+
+    from busgen_nyu.data import LoadBreastd
+
+    good = tmp_path / "good.png"
+    Image.fromarray((np.arange(40 * 30) % 255).astype(np.uint8).reshape(40, 30)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    item = {"breast_id": "b1", "images": [str(bad), str(good)], "image_ids": ["bad", "good"], "masks": ["", ""]}
+    out = LoadBreastd(image_size=(16, 16), load_masks=True)(item)
+    assert out["image"].shape == (1, 16, 16) and out["image_ids"] == ["good"]
+    assert out["lesion_mask"].shape == (1, 16, 16) and out["has_mask"].tolist() == [0.0]
+    assert "bad.png" in out["rejected_images"][0]
+    with pytest.raises(ValueError, match="none of its images"):
+        LoadBreastd(image_size=(16, 16))({"breast_id": "b2", "images": [str(bad)]})
