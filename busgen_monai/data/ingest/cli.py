@@ -68,7 +68,20 @@ def options_from_args(args: argparse.Namespace) -> IngestOptions:
 
 def ingest_main(argv: Sequence[str] | None = None) -> int:
     """``busgen ingest SRC OUT [options]``; returns the exit status (0 ok, 1 error, 3 files rejected for an
-    unknown device with ``--on-unknown-device error``)."""
+    unknown device with ``--on-unknown-device error``). A DICOMweb URL as SRC (``http(s)://.../dicom-web``) goes to
+    the PACS ingestion of the ``busgen-deploy`` plugin (query, retrieve by study, then this same ingestion)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith(("http://", "https://")):
+        from ...plugins import discover_plugins
+
+        commands = discover_plugins().commands()
+        if "pacs-ingest" not in commands:
+            print("error: a DICOMweb source needs the busgen-deploy plugin (pip install plugins/busgen-deploy); "
+                  "or export the studies to a folder and ingest that", file=sys.stderr)
+            return 1
+        from ...plugins import locate as locate_object
+
+        return int(locate_object(commands["pacs-ingest"][1])(argv) or 0)
     args = _parser().parse_args(argv)
     try:
         options = options_from_args(args)

@@ -160,3 +160,15 @@ def test_pacs_ingest_matches_folder_ingest_and_resumes(orthanc, pacs_export, tmp
     one = pacs_ingest(orthanc.dicomweb_url, tmp_path / "one_out", study_uids=[str(first.StudyInstanceUID)],
                       salt=salt, isolate=False)
     assert one["studies_found"] == 1 and one["retrieved"] == 1
+
+
+def test_busgen_ingest_accepts_a_dicomweb_url(orthanc, pacs_export, tmp_path, capsys):
+    """`busgen ingest URL OUT` is the PACS ingestion (the same options as for folders)."""
+    from busgen_deploy.pacs import DicomWebClient
+    from busgen_monai.cli import main
+
+    DicomWebClient(orthanc.dicomweb_url).store(_dicom_files(pacs_export))
+    out = tmp_path / "via_ingest"
+    assert main(["ingest", orthanc.dicomweb_url, str(out), "--salt", "s", "--modality", "US"]) == 0
+    data = json.loads((out / "datalist.json").read_text())
+    assert sum(len(data.get(s, [])) for s in ("training", "validation", "test")) > 0
