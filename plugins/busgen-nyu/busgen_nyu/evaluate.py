@@ -6,7 +6,8 @@
 * ``images.csv``: image id, breast id, attention weight, image-level probabilities;
 * ``saliency.npz``: the saliency maps at the network's resolution (``map_<i>`` (K, 2, h, w) per breast, in
   ``breasts.csv`` order) for the Deploy app to upsample onto the image;
-* ``overlays/*.png``: the first ``overlay_n`` breasts, each image with its malignant (red) and benign (green)
+* ``overlays/breast<i>_img<j>.png`` (``i`` = row of ``breasts.csv``): ``overlay_n`` breasts (malignant and other
+  breasts alternating), each image with its malignant (red) and benign (green)
   saliency map upsampled to the original image size.
 
 :func:`write_nyu_report` adds the statistics (``report.json`` / ``.md`` / ``.html`` written with
@@ -146,7 +147,12 @@ def write_outputs(breasts: Sequence[Mapping[str, Any]], out_dir: str | os.PathLi
                     **{f"map_{i}": np.asarray(b["saliency"], dtype=np.float16) for i, b in enumerate(breasts)})
     files["saliency"] = str(out / "saliency.npz")
     n_written = 0
-    for i, b in enumerate(breasts[: max(0, int(overlay_n))]):
+    # alternate malignant and other breasts so the overlays show both (datalists are often sorted by label)
+    mal = [i for i, b in enumerate(breasts) if b["label"][-1] == 1]
+    rest = [i for i, b in enumerate(breasts) if b["label"][-1] != 1]
+    order = [i for pair in zip(mal, rest) for i in pair] + mal[len(rest):] + rest[len(mal):]
+    for i in order[: max(0, int(overlay_n))]:
+        b = breasts[i]
         for j, path in enumerate(b["images"]):
             try:
                 img = read_image_gray(path)
