@@ -9,11 +9,12 @@ Modules (imported on demand; this package's ``__init__`` stays free of heavy imp
 * :mod:`.evaluate` - outputs (CSV, saliency arrays, overlays) and the report (bootstrap CIs, localisation,
   hybrid reader model with DeLong tests).
 * :mod:`.workflow` - run the bundle in-process (train / evaluate / infer) from Python.
+* :mod:`.search` - random search over top-t / beta / learning rate and the top-k ensemble.
 """
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("networks", "data", "engine", "evaluate", "workflow", "plugin")
+_SUBMODULES = ("networks", "data", "engine", "evaluate", "workflow", "search", "plugin")
 
 
 def __getattr__(name: str):

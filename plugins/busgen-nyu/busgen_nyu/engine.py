@@ -252,7 +252,9 @@ class BreastEnsemble(nn.Module):
 def load_ensemble(network_def: nn.Module, model_paths: Sequence[str | os.PathLike] | str,
                   device: torch.device | str = "cpu") -> BreastEnsemble:
     """Load one network per checkpoint (copies of ``network_def``; weights read with ``weights_only=True``) into
-    an evaluation-mode :class:`BreastEnsemble`. A missing checkpoint raises one error naming it."""
+    an evaluation-mode :class:`BreastEnsemble`. When the checkpoint's run folder holds ``training_summary.json``, its
+    ``top_t`` is used (it is not a weight; random-search runs differ in it) and its architecture is checked. A
+    missing checkpoint raises one error naming it."""
     import copy
 
     from busgen_monai.safe_load import load_weights
@@ -267,6 +269,19 @@ def load_ensemble(network_def: nn.Module, model_paths: Sequence[str | os.PathLik
         if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
             state = state["model"]
         net = copy.deepcopy(unwrap(network_def)).cpu()
+        # top_t is not a weight: take it (and check the architecture) from the run's training_summary.json
+        summary = Path(p).resolve().parent.parent / "training_summary.json"
+        trained = json.loads(summary.read_text()).get("network", {}) if summary.is_file() else {}
+        if trained:
+            mine = getattr(net, "config", {})
+            diff = {k: (trained[k], mine.get(k)) for k in ("backbone", "n_stages", "no_max_pool", "attention_hidden")
+                    if k in trained and trained[k] != mine.get(k)}
+            if diff:
+                raise ValueError(f"checkpoint {p} was trained with {{key: (trained, configured)}} = {diff}; "
+                                 "configure the same network to load it")
+            if "top_t" in trained:
+                net.pool.t = float(trained["top_t"])
+                net.config["top_t"] = float(trained["top_t"])
         try:
             net.load_state_dict(state)
         except RuntimeError as err:

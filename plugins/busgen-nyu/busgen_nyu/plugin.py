@@ -29,6 +29,7 @@ PLUGIN = Plugin(
         "train": "busgen_nyu.workflow.train",
         "evaluate": "busgen_nyu.workflow.evaluate",
         "infer": "busgen_nyu.workflow.infer",
+        "random_search": "busgen_nyu.search.random_search",
     },
     bundles={"nyu_breast": "bundles/nyu_breast"},
 )

@@ -134,3 +134,34 @@ def test_multi_gpu_overlay_two_cpu_ranks(phantom, tmp_path):
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["epochs"] == 2 and "best_val_metric" in summary
     assert (out / "models" / "model_final.pt").is_file()
+
+
+def test_random_search_top_k_ensemble(phantom, tmp_path):
+    import torch
+
+    from busgen_nyu.engine import load_ensemble
+    from busgen_nyu.networks import build_nyu_net
+    from busgen_nyu.search import draw_settings, random_search
+
+    draws = draw_settings(5, seed=1)
+    assert len({d["seed"] for d in draws}) == 5
+    assert all(0.01 <= d["top_t"] <= 0.2 and 1e-4 <= d["beta"] <= 0.1 for d in draws)
+    res = random_search(["presets/cpu_tiny"], n_runs=3, top_k=2, out_dir=tmp_path / "search", datalists=[str(phantom)],
+                        group_by="patient", max_epochs=1)
+    vals = [r["best_val_metric"] for r in res["runs"]]
+    assert vals == sorted(vals, reverse=True) and len(res["model_paths"]) == 2
+    assert json.loads((tmp_path / "search" / "search.json").read_text())["model_paths"] == res["model_paths"]
+    # the ensemble of the top 2 is the mean of its members (attention, maps, probabilities)
+    net_def = build_nyu_net("resnet_tiny", n_stages=2, no_max_pool=True, top_t=0.03, attention_hidden=32)
+    ens = load_ensemble(net_def, res["model_paths"])
+    x, mask = torch.rand(2, 3, 64, 64), torch.tensor([[1, 1, 0], [1, 1, 1]]).bool()
+    with torch.no_grad():
+        out = ens(x, mask)
+        members = [m(x, mask) for m in ens.members]
+    torch.testing.assert_close(out["breast"], (members[0]["breast"] + members[1]["breast"]) / 2)
+    torch.testing.assert_close(out["attention"].sum(1), torch.ones(2))
+    tops = [json.loads((Path(m).parent.parent / "training_summary.json").read_text())["network"]["top_t"]
+            for m in res["model_paths"]]
+    assert [m.pool.t for m in ens.members] == tops  # each member pools with the top_t it was trained with
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_ensemble(net_def, [str(tmp_path / "missing.pt")])
