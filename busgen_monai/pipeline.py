@@ -15,6 +15,8 @@ The data flow is the one of ``DESIGN.md``::
     phantom datalist -> adapt (LoRA on the shipped BUS-BRA generator) -> package (zoo bundle, hub push/pull, verify)
     adapted model -> sample -> audit;  adapted model -> protector -> guarded_sample -> audit_guarded
     phantom datalist -> judge;  sample -> clean -> classify_train -> classify (evaluated on the phantom's test split)
+    clean (+ lesion-free normals) -> detect_train -> detect;  phantom -> nyu_train -> nyu
+    PACS export + classifier -> deploy (DICOM SR + SC);  phantom + clean -> reader_study (built, not served)
 
 A new stage of the project joins the table (plugins' stages name their plugin bundle).
 """
@@ -161,6 +163,47 @@ def _package(stage_dir: Path, adapter: str, box_prior: str, datalist: str) -> di
     return {"verified": {k: v for k, v in report.items() if isinstance(v, (bool, int, float, str))}}
 
 
+def _plugin_object(plugin: str, dotted: str) -> Any:
+    """An object of an installed plugin, through the registry (the main job imports no plugin module directly)."""
+    from .plugins import discover_plugins, locate
+
+    registry = discover_plugins()
+    if plugin not in registry:
+        raise RuntimeError(f"main job: this stage needs the {plugin!r} plugin, which is not installed "
+                           f"(pip install -e plugins/busgen-{plugin}); installed: {sorted(registry)}")
+    return locate(dotted)
+
+
+def _deploy(stage_dir: Path, pacs_export: str, model: str) -> dict:
+    """The MONAI Deploy app on the phantom PACS export with the trained classifier: a DICOM SR and a saliency
+    Secondary Capture per study."""
+    run_app = _plugin_object("deploy", "busgen_deploy.app.run_app")
+    model_config = _plugin_object("deploy", "busgen_deploy.model.ModelConfig")
+    report = run_app(pacs_export, stage_dir / "out", model_config(configs="inference,presets/cpu_tiny",
+                                                                  model_path=model))
+    return {"studies_written": len(report.get("written", [])), "studies_failed": len(report.get("failed", []))}
+
+
+def _reader_study(stage_dir: Path, real: str, generated: str) -> dict:
+    """Build (not serve) a visual Turing test from the phantom's real test images and the cleaned generated set."""
+    build = _plugin_object("readerstudy", "busgen_readerstudy.build.build_study")
+    build(real, generated, stage_dir / "study", n_per_side=24, seed=0, readers=3, force=True)
+    return {"images": 48, "readers": 3}
+
+
+def _normals(stage_dir: Path) -> dict:
+    """Lesion-free phantom images (70/15/15 split): the phantom has a lesion in every image, and a detector's false
+    positives are measured on normal images, as the paper does."""
+    write = _plugin_object("detect", "busgen_detect.workflow.lesion_free_phantom")
+    write(stage_dir / "dataset", n=48, split_fractions=(0.7, 0.15, 0.15))
+    return {"images": 48}
+
+
+def _detect_summary(outputs: Mapping[str, str]) -> dict:
+    det = _read(outputs["report"])["results"]["detection"]
+    return {"ap50": det["ap50"], "ap_small": det["ap_small"], "froc_mean": det["froc_mean"]}
+
+
 def _devices(datalist: str) -> list[str]:
     from .data.schema import load_datalist
 
@@ -201,6 +244,12 @@ def _clean_summary(outputs: Mapping[str, str]) -> dict:
 
 def _classify_summary(outputs: Mapping[str, str]) -> dict:
     return {"test_auroc": _read(outputs["report"])["results"]["auroc"]}
+
+
+def _nyu_summary(outputs: Mapping[str, str]) -> dict:
+    results = _read(outputs["report"])["results"]
+    return {"breast_auroc": results["breast_auroc (malignant)"],
+            "pointing_game": results["localisation"]["pointing_game"]}
 
 
 def _sample_summary(outputs: Mapping[str, str]) -> dict:
@@ -286,13 +335,41 @@ STAGES: list[Stage] = [
                   "train_datalists": ["clean.datalist"]},
           params={"n_bootstrap": 1000, "max_epochs": 8},
           outputs={"report": "eval/report.json", "html": "eval/report.html"}, summarize=_classify_summary),
+    Stage("normals", "lesion-free phantom images for the detector (its false positives on normal tissue)",
+          run=_normals, outputs={"datalist": "dataset/datalist.json"}),
+    Stage("detect_train", "lesion detector (RetinaNet) trained on the cleaned generated set, its conditioning boxes as "
+          "labels, plus lesion-free images", bundle="bus_detector", config="train,presets/cpu_tiny",
+          inputs={"datalists": ["phantom.datalist", "normals.datalist"],
+                  "train_datalists": ["clean.datalist", "normals.datalist"]},
+          params={"max_epochs": 10}, outputs={"model": "models/model_final.pt"}),
+    Stage("detect", "the detector on the phantom's real test split: AP@0.5, AP_small, FROC, false positives on normals",
+          bundle="bus_detector", config="train,evaluate,presets/cpu_tiny",
+          inputs={"model_path": "detect_train.model", "datalists": ["phantom.datalist", "normals.datalist"]},
+          params={"n_bootstrap": 1000}, outputs={"report": "eval/report.json", "html": "eval/report.html"},
+          summarize=_detect_summary),
+    Stage("nyu_train", "NYU-style breast-level model (saliency, top-t % pooling, gated attention) on breast labels",
+          bundle="nyu_breast", config="train,presets/cpu_tiny", inputs={"datalists": ["phantom.datalist"]},
+          params={"group_by": "patient", "max_epochs": 10}, outputs={"model": "models/model.pt"}),
+    Stage("nyu", "breast-level report, localisation against the lesion masks, hybrid reader model",
+          bundle="nyu_breast", config="train,evaluate,presets/cpu_tiny",
+          inputs={"model_path": "nyu_train.model", "datalists": ["phantom.datalist"]},
+          params={"group_by": "patient", "n_bootstrap": 1000},
+          outputs={"report": "eval/report.json", "html": "eval/report.html"}, summarize=_nyu_summary),
+    Stage("deploy", "MONAI Deploy app on the phantom PACS export: DICOM SR + saliency Secondary Capture per study",
+          run=_deploy, inputs={"pacs_export": "phantom.pacs_export", "model": "classify_train.model"},
+          outputs={"results": "out", "report": "out/run_report.json"}),
+    Stage("reader_study", "a visual Turing test (real vs generated), built for readers (served with "
+          "`busgen reader-study serve`)", run=_reader_study,
+          inputs={"real": "phantom.datalist", "generated": "clean.datalist"},
+          outputs={"study": "study/study.json", "codes": "study/reader_codes.csv"}),
 ]
 
 #: outputs no later stage reads: what the main job is for (reports, models, bundles, pictures)
 FINAL = {"phantom.pacs_export", "ingest.rejects", "ingest.report", "datalist.summary", "datalist.grid", "pretrain.models",
          "pretrain.samples", "adapt.peft_adapter", "adapt.samples", "package.zip", "package.hub", "package.pulled",
          "sample.grid", "audit.summary", "guarded_sample.guard_stats", "audit_guarded.summary", "clean.summary",
-         "clean.rejects_grid", "classify.report", "classify.html"}
+         "clean.rejects_grid", "classify.report", "classify.html", "nyu.report", "nyu.html", "deploy.results",
+         "deploy.report", "reader_study.study", "reader_study.codes", "detect.report", "detect.html"}
 
 
 def stage_graph(stages: list[Stage] = STAGES) -> dict[str, set[str]]:

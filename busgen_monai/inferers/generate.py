@@ -352,6 +352,7 @@ def run_generation(
     device_weights: Sequence[float] | None = None,
     boxes: Sequence[Sequence[float]] | None = None,
     force: bool = False,
+    inferer: Any = None,
 ) -> GenerationResult:
     """Everything the sampling bundle does, in one call (used by ``bundles/busgen_sample/configs/inference.json``).
 
@@ -363,6 +364,8 @@ def run_generation(
     (normalised ``[x1, y1, x2, y2]`` each) for every image instead of the prior. ``image_channels`` defaults to the
     network's. Under ``torch.distributed`` each rank generates
     its chunks and rank 0 merges after a barrier. ``force``: see :func:`generate_dataset` (resume checks).
+    ``inferer``: a :class:`~busgen_monai.inferers.GuidedDiffusionInferer` to sample with (the bundle's ``inferer``);
+    default: one built from ``scheduler``, ``guidance_w``, ``batched_cfg`` and ``guards``.
     """
     from ..data.schema import iter_items, load_datalist
     from .guided import GuidedDiffusionInferer
@@ -412,7 +415,8 @@ def run_generation(
     plan = plan_conditions(num_images, pathologies, list(devices), seed=seed, box_prior=prior,
                            device_weights=weights, boxes=fixed)
     scheduler.set_timesteps(num_inference_steps)
-    inferer = GuidedDiffusionInferer(scheduler, guidance_scale=guidance_w, batched_cfg=batched_cfg, guards=guards)
+    if inferer is None:
+        inferer = GuidedDiffusionInferer(scheduler, guidance_scale=guidance_w, batched_cfg=batched_cfg, guards=guards)
     rank, world = 0, 1
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():

@@ -68,8 +68,12 @@ def test_configs_parse_presets_and_metadata(datalist):
     assert codec.pathologies == ["benign", "malignant"] and codec.device_id("PhantomMed-T9") > 0
     assert parser.get_parsed_content("prepare_batch").drop_prob == 0.1
     assert parser.get_parsed_content("noise_scheduler").num_train_timesteps == 500
-    # outputs never go into the repository by default
-    assert not str(Path(parser.get_parsed_content("output_dir")).resolve()).startswith(str(ROOT))
+    # outputs go under the bundle folder by default (the model zoo's convention), in a folder git ignores
+    out = Path(parser.get_parsed_content("output_dir")).resolve()
+    assert out == (BUNDLE / "runs" / "pretrain").resolve()
+    import subprocess
+
+    assert subprocess.run(["git", "check-ignore", "-q", str(out / "models" / "x.pt")], cwd=ROOT).returncode == 0
     for name, size in (("paper", 160), ("toy", 128)):
         p = ConfigParser()
         p.read_config([str(TRAIN), str(CONFIGS / "presets" / f"{name}.json")])

@@ -58,3 +58,30 @@ def test_train_config_has_the_zoo_train_properties(name, overrides, phantom_data
     assert wf.check_properties() == []
     assert wf.max_epochs >= 1 and wf.train_inferer is not None and len(wf.train_dataset) > 0
     logging.getLogger(__name__).info("%s: %s", name, files)
+
+
+def test_inference_config_has_the_zoo_inference_properties_but_dataset_and_evaluator(tmp_path):
+    """The sampling config declares bundle_root, device, dataset_dir, network_def and inferer (the inferer is the one
+    generation samples with). 'dataset' and 'evaluator' cannot be: generation plans its conditions inside
+    run_generation and is not an evaluation loop (the bundle's docs/README.md says so). With those two supplied,
+    MONAI's check finds nothing else missing."""
+    from monai.bundle import ConfigWorkflow
+
+    root = BUNDLES["busgen_sample"]
+    files = [str(f) for f in resolve_configs(root, "inference")]
+    bare = ConfigWorkflow(config_file=files, meta_file=str(root / "configs" / "metadata.json"), workflow_type="infer",
+                          logging_file=False, bundle_root=str(root))
+    with pytest.raises(KeyError, match="'dataset'"):
+        bare.initialize()
+        bare.check_properties()
+    placeholders = tmp_path / "placeholders.json"
+    placeholders.write_text(json.dumps({"dataset": [], "evaluator": None}))
+    wf = ConfigWorkflow(config_file=files + [str(placeholders)], meta_file=str(root / "configs" / "metadata.json"),
+                        workflow_type="infer", logging_file=False, bundle_root=str(root))
+    wf.initialize()
+    assert wf.check_properties() == []
+    from busgen_monai.inferers import GuidedDiffusionInferer
+
+    assert isinstance(wf.inferer, GuidedDiffusionInferer) and wf.network_def is not None
+    docs = (root / "docs" / "README.md").read_text()
+    assert "check_properties" in docs and "evaluator" in docs

@@ -102,12 +102,12 @@ def test_bundle_runs_through_monai_bundle_run(phantom, tmp_path, monkeypatch):
     """`busgen run device_cyclegan train --key value ...` = monai.bundle.run with bundle root/meta/logging set."""
     from busgen_monai.cli import main
 
-    monkeypatch.chdir(tmp_path)  # the default output_dir is relative
-    args = ["run", "device_cyclegan", "train", "--datalist", str(phantom)]
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "device_cyclegan"  # the default is inside the bundle folder: give our own
+    args = ["run", "device_cyclegan", "train", "--datalist", str(phantom), "--output_dir", str(out)]
     for k, v in TINY.items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     assert main(args) == 0
-    out = tmp_path / "runs" / "device_cyclegan"
     assert (out / "models" / "model.pt").is_file()
     assert (out / "checkpoints" / "checkpoint_epoch=2.pt").is_file()
     assert len(json.loads((out / "losses.json").read_text())["g_loss"]) == 4
