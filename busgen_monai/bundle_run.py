@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .bundle_check import BASE_KEY, config_bases
 
-__all__ = ["resolve_bundle", "resolve_configs", "config_bases", "BASE_KEY", "parse_overrides", "run_bundle", "all_bundles", "configs_of"]
+__all__ = ["bundle_workflow", "resolve_bundle", "resolve_configs", "config_bases", "BASE_KEY", "parse_overrides", "run_bundle", "all_bundles", "configs_of"]
 
 
 def _all_bundles() -> dict[str, Path]:
@@ -99,6 +99,33 @@ def run_bundle(bundle: str | Path, config: str, run_id: str = "run", **overrides
     from monai.bundle import run
 
     run(run_id=run_id, config_file=[str(f) for f in files] if len(files) > 1 else str(files[0]), **kwargs)
+
+
+def bundle_workflow(bundle: str | Path, configs: str | Sequence[str | Path], overrides: dict | None = None, *,
+                    run: bool = True, logging_file: str | bool | None = False, workflow_type: str | None = None):
+    """A ``monai.bundle.ConfigWorkflow`` of a bundle (name or folder) from config names or paths merged in order
+    (``"train,evaluate"`` or ``["train", "presets/cpu"]``; ``"_base_"`` followed) and overrides, validated first
+    (unknown keys, types, ranges). Initialised, and unless ``run=False`` also run and finalised. Returns the
+    workflow: ``wf.parser.get_parsed_content(id)`` gives any object it built. For code that needs the objects a
+    bundle builds (plugins' Python APIs, tests); :func:`run_bundle` is the same as a command."""
+    from monai.bundle import ConfigWorkflow
+
+    from .bundle_check import validate_overrides
+
+    root = resolve_bundle(str(bundle))
+    config = configs if isinstance(configs, str) else ",".join(str(c) for c in configs)
+    files = resolve_configs(root, config)
+    overrides = dict(overrides or {})
+    validate_overrides(files, overrides, bundle=root.name)
+    meta = root / "configs" / "metadata.json"
+    wf = ConfigWorkflow(config_file=[str(f) for f in files], meta_file=str(meta) if meta.is_file() else None,
+                        logging_file=logging_file, workflow_type=workflow_type,
+                        **{"bundle_root": str(root), **overrides})
+    wf.initialize()
+    if run:
+        wf.run()
+        wf.finalize()
+    return wf
 
 
 all_bundles = _all_bundles

@@ -15,10 +15,8 @@ A detector's forward takes a list of targets and returns a loss dict (training) 
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,6 @@ __all__ = [
     "require_file",
 ]
 
-_EPOCH = re.compile(r"(?:epoch|iteration)=(\d+)")
 
 
 class DetectionLoss:
@@ -186,13 +183,9 @@ def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
     """The newest resumable ``<prefix>_epoch=N.pt`` (highest N) in ``ckpt_dir``, or ``None``."""
-    best, best_n = None, -1
-    for p in glob.glob(os.path.join(str(ckpt_dir), f"{prefix}_*.pt")):
-        m = _EPOCH.search(os.path.basename(p))
-        n = int(m.group(1)) if m else -1
-        if n > best_n:
-            best, best_n = p, n
-    return best
+    from busgen_monai.engines import latest_checkpoint as _latest
+
+    return _latest(ckpt_dir, f"{prefix}_*.pt")
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> str:

@@ -4,10 +4,8 @@ image-level outputs, weakly supervised localisation scores, and resumable-checkp
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ __all__ = ["prepare_breast_batch", "NYULoss", "breast_metric_transform", "loss_t
            "localisation_scores", "upsample_map", "POINTING_TOLERANCE", "attach_handlers", "latest_checkpoint", "training_summary",
            "unwrap", "BreastEnsemble", "load_ensemble"]
 
-_EPOCH = re.compile(r"(?:epoch|iteration)=(\d+)")
 
 
 def prepare_breast_batch(batchdata: Mapping[str, Any], device: torch.device | str | None = None,
@@ -200,14 +197,10 @@ def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
-    """The newest resumable checkpoint ``<prefix>_epoch=N.pt`` (highest N) in ``ckpt_dir``, or ``None``."""
-    best, best_n = None, -1
-    for p in glob.glob(os.path.join(str(ckpt_dir), f"{prefix}_*.pt")):
-        m = _EPOCH.search(os.path.basename(p))
-        n = int(m.group(1)) if m else -1
-        if n > best_n:
-            best, best_n = p, n
-    return best
+    """The newest resumable ``<prefix>_epoch=N.pt`` (highest N) in ``ckpt_dir``, or ``None``."""
+    from busgen_monai.engines import latest_checkpoint as _latest
+
+    return _latest(ckpt_dir, f"{prefix}_*.pt")
 
 
 def training_summary(trainer: Any, evaluator: Any = None, output_dir: str | os.PathLike = ".",

@@ -27,33 +27,22 @@ def bundle_root() -> Path:
     return Path(__file__).resolve().parent / "bundles" / "nyu_breast"
 
 
-def config_files(configs: Sequence[str | os.PathLike]) -> list[str]:
-    """Config names (``train``, ``presets/cpu_tiny``) or paths -> existing file paths, in order."""
-    root = bundle_root()
-    out = []
-    for c in configs:
-        p = Path(c)
-        found = next((q for q in (p, root / "configs" / p, root / "configs" / f"{c}.json") if q.is_file()), None)
-        if found is None:
-            have = sorted(str(q.relative_to(root / "configs").with_suffix("")) for q in (root / "configs").rglob("*.json"))
-            raise FileNotFoundError(f"nyu_breast has no config {str(c)!r}; it has {have}")
-        out.append(str(found.resolve()))
-    return out
+def config_files(configs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
+    """Config names (``train``, ``presets/cpu_tiny``) or paths -> existing file paths, in order (the library's
+    resolver: a missing name is an error listing the bundle's configs)."""
+    from busgen_monai.bundle_run import resolve_configs
+
+    base = Path(root) if root is not None else bundle_root()
+    return [str(p) for p in resolve_configs(base, ",".join(str(c) for c in configs))]
 
 
 def run_bundle(configs: Sequence[str | os.PathLike], overrides: Mapping[str, Any] | None = None, run: bool = True):
-    """Build a ``monai.bundle.ConfigWorkflow`` from config files (merged in order) and overrides, initialise it and
-    (with ``run``) run and finalise it. Returns the workflow."""
-    from monai.bundle import ConfigWorkflow
+    """``monai.bundle.ConfigWorkflow`` from config files (merged in order) and overrides, validated, initialised,
+    run and finalised (:func:`busgen_monai.bundle_run.bundle_workflow`). Returns the workflow
+    (``wf.parser.get_parsed_content(id)`` gives any object it built, e.g. ``"network"``)."""
+    from busgen_monai.bundle_run import bundle_workflow
 
-    root = bundle_root()
-    wf = ConfigWorkflow(config_file=config_files(configs), meta_file=str(root / "configs" / "metadata.json"),
-                        logging_file=False, workflow_type=None, **{"bundle_root": str(root), **dict(overrides or {})})
-    wf.initialize()
-    if run:
-        wf.run()
-        wf.finalize()
-    return wf
+    return bundle_workflow(bundle_root(), [str(c) for c in configs], overrides, run=run, logging_file=False)
 
 
 def train(presets: Sequence[str] = (), **overrides: Any) -> dict[str, Any]:
