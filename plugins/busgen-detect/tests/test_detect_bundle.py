@@ -104,3 +104,22 @@ def test_lesion_free_phantom_has_no_boxes_and_own_patient_ids(tmp_path):
     assert counts["images"] == 10 and counts["boxes"] == 0 and counts["lesion_free_images"] == 10
     assert all(it["patient_id"].startswith("PHN-") for it in items)
     assert {it["pathology"] for it in items} == {"normal"}
+
+
+@pytest.mark.slow
+def test_multi_gpu_overlay_two_cpu_ranks(phantom, tmp_path):
+    """The DDP overlay on two CPU ranks (torchrun, gloo): both ranks train, rank 0 writes the model and summary."""
+    from busgen_detect.workflow import bundle_root
+
+    out = tmp_path / "ddp"
+    files = "[" + ",".join(f"'configs/{c}.json'" for c in ("train", "multi_gpu_train", "presets/cpu_tiny")) + "]"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+           "-m", "monai.bundle", "run", "--config_file", files, "--meta_file", "configs/metadata.json",
+           "--logging_file", "configs/logging.conf", "--bundle_root", ".",
+           "--datalists", json.dumps([phantom["datalist"], phantom["lesion_free"]]), "--output_dir", str(out),
+           "--max_epochs", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=bundle_root(), env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (out / "models" / "model_final.pt").is_file()
+    assert json.loads((out / "training_summary.json").read_text())["epochs"] == 2
