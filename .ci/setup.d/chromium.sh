@@ -6,7 +6,13 @@ if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null
     echo "chromium present: $(command -v chromium || command -v chromium-browser)"
     exit 0
 fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "chromium: no apt-get here; the browser tests skip with a reason"
+    exit 0
+fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends chromium >/dev/null
+if ! apt-get update -qq || ! apt-get install -y -qq --no-install-recommends chromium >/dev/null; then
+    echo "chromium: could not be installed; the browser tests skip with a reason"
+    exit 0
+fi
 echo "chromium installed: $(command -v chromium)"
