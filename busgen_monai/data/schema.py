@@ -36,6 +36,9 @@ __all__ = [
     "validate_datalist",
     "load_datalist",
     "save_datalist",
+    "as_datalist_list",
+    "split_names",
+    "read_datalist_source",
     "make_datalist",
     "iter_items",
     "summarize_datalist",
@@ -303,3 +306,36 @@ def summarize_datalist(datalist: Mapping) -> dict:
     summary.update({k: dict(sorted(v.items(), key=lambda kv: str(kv[0]))) for k, v in totals.items()})
     summary["boxes_per_item"] = {str(k): v for k, v in sorted(n_boxes.items())}
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- for stage code
+def as_datalist_list(value: Any) -> list:
+    """One datalist (path or dict) or several -> a list (``None`` -> ``[]``): the ``datalists`` argument of
+    downstream bundles takes either."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike, Mapping)):
+        return [value]
+    return list(value)
+
+
+def split_names(split: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"test"``, ``["training", "validation"]``, ``"all"`` or ``None`` (all) -> split names, checked."""
+    if split is None or split == "all":
+        return SPLITS
+    names = (split,) if isinstance(split, str) else tuple(split)
+    bad = [s for s in names if s not in SPLITS]
+    if bad:
+        raise ValueError(f"unknown split(s) {bad}; use one or more of {list(SPLITS)} or 'all'")
+    return names
+
+
+def read_datalist_source(datalist: str | os.PathLike | Mapping, validate: bool = True) -> tuple[dict, Path, str]:
+    """``(datalist dict, base folder, name)`` from a datalist file (loaded and, with ``validate``, checked with its
+    files) or an in-memory datalist dict (its ``base_dir``, default the working folder)."""
+    if isinstance(datalist, Mapping):
+        data = dict(datalist)
+        return data, Path(data.get("base_dir", ".")), str(data.get("name", "datalist"))
+    path = Path(datalist)
+    data = load_datalist(path, validate=validate, check_files=validate)
+    return data, Path(data["base_dir"]), str(data.get("name") or path.stem)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from busgen_monai.data.schema import SPLITS, load_datalist
+from busgen_monai.data.schema import as_datalist_list, read_datalist_source, split_names
 
 __all__ = [
     "load_items",
@@ -50,24 +50,6 @@ def union_box(boxes: Sequence[Sequence[float]] | None) -> list[float]:
     return [float(arr[:, 0].min()), float(arr[:, 1].min()), float(arr[:, 2].max()), float(arr[:, 3].max())]
 
 
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, os.PathLike, Mapping)):
-        return [value]
-    return list(value)
-
-
-def _splits(split: str | Sequence[str] | None) -> tuple[str, ...]:
-    if split is None or split == "all":
-        return SPLITS
-    names = (split,) if isinstance(split, str) else tuple(split)
-    bad = [s for s in names if s not in SPLITS]
-    if bad:
-        raise ValueError(f"unknown split(s) {bad}; use one or more of {list(SPLITS)} or 'all'")
-    return names
-
-
 def _class_index(value: Any, classes: Sequence[str], label_map: Mapping[str, Any] | None) -> int | None:
     if value is None:
         return None
@@ -86,16 +68,6 @@ def _class_index(value: Any, classes: Sequence[str], label_map: Mapping[str, Any
     if raw.lower() in lowered:
         return lowered.index(raw.lower())
     return None
-
-
-def _read(datalist: PathLike | Mapping, validate: bool) -> tuple[dict, Path, str]:
-    if isinstance(datalist, Mapping):
-        data = dict(datalist)
-        base = Path(data.get("base_dir", "."))
-        return data, base, str(data.get("name", "datalist"))
-    path = Path(datalist)
-    data = load_datalist(path, validate=validate, check_files=validate)
-    return data, Path(data["base_dir"]), str(data.get("name") or path.stem)
 
 
 def load_items(
@@ -135,15 +107,15 @@ def load_items(
     classes = [str(c) for c in classes]
     if len(classes) < 2:
         raise ValueError(f"classes needs at least two class names, got {classes}")
-    sources = _as_list(datalists)
+    sources = as_datalist_list(datalists)
     if not sources:
         raise ValueError("load_items: no datalist given (config entry 'datalists' / 'train_datalists' is empty)")
     items: list[dict] = []
     unknown: Counter = Counter()
     examples: list[str] = []
     for src in sources:
-        data, base, name = _read(src, validate)
-        for split_name in _splits(split):
+        data, base, name = read_datalist_source(src, validate)
+        for split_name in split_names(split):
             for i, it in enumerate(data.get(split_name) or []):
                 value = it.get(label_key)
                 idx = _class_index(value, classes, label_map)

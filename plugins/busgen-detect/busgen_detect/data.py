@@ -23,43 +23,15 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from busgen_monai.data.schema import SPLITS, load_datalist
+from busgen_monai.data.schema import as_datalist_list, read_datalist_source, split_names
 
 __all__ = ["load_items", "inference_items", "subset", "relative_areas", "count_boxes"]
 
 logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, os.PathLike, Mapping)):
-        return [value]
-    return list(value)
-
-
-def _splits(split: str | Sequence[str] | None) -> tuple[str, ...]:
-    if split is None or split == "all":
-        return SPLITS
-    names = (split,) if isinstance(split, str) else tuple(split)
-    bad = [s for s in names if s not in SPLITS]
-    if bad:
-        raise ValueError(f"unknown split(s) {bad}; use one or more of {list(SPLITS)} or 'all'")
-    return names
-
-
-def _read(datalist: PathLike | Mapping, validate: bool) -> tuple[dict, Path, str]:
-    if isinstance(datalist, Mapping):
-        data = dict(datalist)
-        return data, Path(data.get("base_dir", ".")), str(data.get("name", "datalist"))
-    path = Path(datalist)
-    data = load_datalist(path, validate=validate, check_files=validate)
-    return data, Path(data["base_dir"]), str(data.get("name") or path.stem)
 
 
 def _good_box(box: Sequence[float]) -> bool:
@@ -94,14 +66,14 @@ def load_items(
     """
     if on_bad_box not in ("skip", "error"):
         raise ValueError(f"on_bad_box must be 'skip' or 'error', got {on_bad_box!r}")
-    sources = _as_list(datalists)
+    sources = as_datalist_list(datalists)
     if not sources:
         raise ValueError("load_items: no datalist given (config entry 'datalists' / 'train_datalists' is empty)")
     items: list[dict] = []
     bad: list[str] = []
     for src in sources:
-        data, base, name = _read(src, validate)
-        for split_name in _splits(split):
+        data, base, name = read_datalist_source(src, validate)
+        for split_name in split_names(split):
             for i, it in enumerate(data.get(split_name) or []):
                 boxes = [list(map(float, b)) for b in (it.get("boxes") or [])]
                 if not all(_good_box(b) for b in boxes):

@@ -38,7 +38,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from busgen_monai.data.io import read_image_gray
-from busgen_monai.data.schema import SPLITS, load_datalist
+from busgen_monai.data.schema import read_datalist_source, split_names
 
 __all__ = ["GROUP_BY", "CLASSES", "birads_value", "load_breasts", "LoadBreastd", "collate_breasts",
            "breast_counts"]
@@ -56,25 +56,6 @@ def birads_value(value: Any) -> float:
         return float("nan")
     key = str(value).strip().lower().replace("birads", "").replace("bi-rads", "").strip()
     return _BIRADS.get(key, float("nan"))
-
-
-def _splits(split: str | Sequence[str] | None) -> tuple[str, ...]:
-    if split is None or split == "all":
-        return SPLITS
-    names = (split,) if isinstance(split, str) else tuple(split)
-    bad = [s for s in names if s not in SPLITS]
-    if bad:
-        raise ValueError(f"unknown split(s) {bad}; use one or more of {list(SPLITS)} or 'all'")
-    return names
-
-
-def _read(datalist: str | os.PathLike | Mapping, validate: bool) -> tuple[dict, Path, str]:
-    if isinstance(datalist, Mapping):
-        data = dict(datalist)
-        return data, Path(data.get("base_dir", ".")), str(data.get("name", "datalist"))
-    path = Path(datalist)
-    data = load_datalist(path, validate=validate, check_files=validate)
-    return data, Path(data["base_dir"]), str(data.get("name") or path.stem)
 
 
 def _laterality(it: Mapping) -> str:
@@ -112,8 +93,8 @@ def load_breasts(
     rejected: Counter = Counter()
     examples: list[str] = []
     for src in sources:
-        data, base, name = _read(src, validate)
-        for split_name in _splits(split):
+        data, base, name = read_datalist_source(src, validate)
+        for split_name in split_names(split):
             for i, it in enumerate(data.get(split_name) or []):
                 where = f"{name} {split_name}[{i}] ({it.get('image')})"
                 pathology = str(it.get("pathology", "")).lower()
