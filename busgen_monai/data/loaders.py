@@ -309,7 +309,10 @@ def load_bus_bra(
             "split": split,
             "width": w,
             "height": h,
-            "laterality": {"left": "L", "right": "R"}.get(r.get("Side", ""), ""),
+            # BUS-BRA's Side is the half of a dual-view screen capture (ids -l/-r) or "single", not the breast:
+            # the breast's laterality is not in the data set, so it stays unknown
+            "laterality": "",
+            "capture_half": {"left": "left", "right": "right"}.get(str(r.get("Side", "")).strip().lower(), ""),
             "histology": r.get("Histology", ""),
             "provenance": {"source": "bus_bra", "file": img.name},
         })

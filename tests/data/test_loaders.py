@@ -38,6 +38,11 @@ def test_bus_bra_all_items_patient_wise(bus_bra, bus_bra_root):
     assert {it["device"] for it in items} == {"GE-LOGIQ-7", "GE-LOGIQ-5", "TOSHIBA-Aplio-300", "U-Systems"}
     # pseudonymous ids: no raw case number
     assert all(it["patient_id"].startswith("BB-") and len(it["patient_id"]) == 15 for it in items)
+    # BUS-BRA's Side is the half of a dual-view capture, not the breast: laterality stays unknown
+    assert {it["laterality"] for it in items} == {""}
+    halves = {it["provenance"]["file"]: it["capture_half"] for it in items}
+    assert halves["bus_0001-l.png"] == "left" and halves["bus_0001-r.png"] == "right"
+    assert sum(v == "" for v in halves.values()) == 253  # the single views
 
 
 def test_bus_bra_boxes_inside_and_overlap_masks(bus_bra):
