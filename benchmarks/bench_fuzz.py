@@ -1,7 +1,7 @@
 """Benchmark: fuzz the ingester with seeded mutants of real DICOM files carrying distinctive identifiers.
 
 The bases are the real files of ../shared/data/dicom (or ``BUSGEN_SHARED_DATA``) and pydicom's ultrasound and
-palette samples, re-identified with :func:`busgen_monai.data.dicom_fuzz.reidentify`. ``--mutants`` mutants
+palette samples, re-identified with :func:`busgen_monai.synthetic.dicom_fuzz.reidentify`. ``--mutants`` mutants
 (header flips, element lengths too large / too small, VR damage, inserted/deleted header bytes, pixel flips,
 truncation, mixes) go through one ``busgen ingest`` run, and the script reports:
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pydicom.data import get_testdata_file
 
-from busgen_monai.data.dicom_fuzz import audit_outputs, reidentify, write_mutants
+from busgen_monai.synthetic.dicom_fuzz import audit_outputs, reidentify, write_mutants
 from busgen_monai.data.ingest import file_id_of, ingest_main
 
 SHARED = Path(os.environ.get("BUSGEN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -11,7 +11,7 @@ One concept per module; nothing is imported here, so ``import busgen_monai.data.
   :mod:`.dicom_transforms` - a MONAI ``ImageReader`` on top of it.
 - :mod:`.ingest` (package: settings, records, classify, decode, write, pool, state, sources, labels, assemble, run,
   cli) - PACS export to frames + datalist (``busgen ingest``).
-- :mod:`.dicom_fuzz` - malformed-DICOM mutants and output audits for the ingestion's hardening tests.
+- ``dicom_fuzz`` moved to :mod:`busgen_monai.synthetic.dicom_fuzz` (re-exported here for one release).
 
 Moved, re-exported from their old paths for one release: the phantom and the fake PACS export
 (:mod:`busgen_monai.synthetic`; ``data.phantom``, ``data.pacs_export``), the phantom's shape measurements

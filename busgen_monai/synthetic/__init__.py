@@ -5,6 +5,8 @@
   parts; :mod:`.dataset` writes a phantom data set with its datalist.
 - :mod:`.pacs_export`: a fake PACS export (DICOM cines and stills, DICOMDIR, burned-in PHI, objects an ingester
   must reject) with a ground-truth file; :mod:`.pacs_dicom` encodes its DICOM.
+- :mod:`.dicom_fuzz`: seeded malformed mutants of real DICOM files and audits of an ingestion's outputs (the
+  ingester's hardening tests and ``benchmarks/bench_fuzz.py``).
 
 The lesion shape measurements (:func:`~busgen_monai.evaluation.lesion_shape.shape_statistics`, posterior contrast,
 speckle size) live in :mod:`busgen_monai.evaluation.lesion_shape`. ``busgen_monai.data.phantom`` and

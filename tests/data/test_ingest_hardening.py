@@ -22,7 +22,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from busgen_monai.data.dicom import DicomRejectError, UltrasoundDicom
-from busgen_monai.data.dicom_fuzz import audit_outputs, element_offsets, reidentify, write_mutants
+from busgen_monai.synthetic.dicom_fuzz import audit_outputs, element_offsets, reidentify, write_mutants
 from busgen_monai.data.ingest import TRANSIENT_REASONS, IngestError, file_id_of, ingest, ingest_main
 
 warnings.filterwarnings("ignore", module="pydicom")

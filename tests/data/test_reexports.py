@@ -10,6 +10,7 @@ import importlib
 import pytest
 
 import busgen_monai.data.dicom.phi as phi
+import busgen_monai.synthetic.dicom_fuzz as dicom_fuzz
 import busgen_monai.evaluation.lesion_shape as lesion_shape
 import busgen_monai.synthetic as synthetic
 
@@ -17,6 +18,7 @@ OLD_PATHS = {
     "busgen_monai.data.phantom": [synthetic, lesion_shape],
     "busgen_monai.data.pacs_export": [synthetic],
     "busgen_monai.data.dicom_phi": [phi],
+    "busgen_monai.data.dicom_fuzz": [dicom_fuzz],
 }
 
 
