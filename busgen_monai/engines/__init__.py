@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .checkpoints import attach_handlers
 from .handlers import (
     DiffusionValidationLossHandler,
     EMAHandler,
@@ -21,6 +22,7 @@ from .prepare_batch import DROP_MODES, ConditionalDiffusionPrepareBatch
 from .losses import LOSS_WEIGHTINGS, DiffusionLoss
 
 __all__ = [
+    "attach_handlers",
     "DROP_MODES",
     "ConditionalDiffusionPrepareBatch",
     "DiffusionLoss",

@@ -21,7 +21,8 @@ from torch import nn
 
 from ._common import unwrap_network
 
-__all__ = ["NetworkArgsRecord", "SettingsRecord", "TrainerCheckpointSaver", "ResumeCheckpointLoader", "latest_checkpoint"]
+__all__ = ["NetworkArgsRecord", "SettingsRecord", "TrainerCheckpointSaver", "ResumeCheckpointLoader", "latest_checkpoint",
+           "attach_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +149,13 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike | None, pattern: str = "*.pt")
         return (int(m.group(1)) if m else -1, p.stat().st_mtime)
 
     return str(max(files, key=key))
+
+
+def attach_handlers(engine: Any, handlers: Any) -> Any:
+    """Attach handlers after the engine exists (``None`` entries, i.e. disabled components, are skipped). For
+    handlers that hold the engine itself (a resume loader/saver, early stopping): listing them in the engine's own
+    handler list in a bundle config would be a circular reference. Returns ``engine``."""
+    for h in handlers or []:
+        if h is not None:
+            h.attach(engine)
+    return engine

@@ -10,21 +10,10 @@ from typing import Any
 
 import torch
 
+from busgen_monai.engines import attach_handlers  # noqa: E402  (re-exported: the bundle configs call it here)
+
 __all__ = ["attach_handlers", "latest_checkpoint", "accuracy_output_transform", "write_json", "training_summary"]
 
-
-
-def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
-    """Attach handlers to an engine after it is built (``None`` entries, i.e. disabled components, are skipped).
-
-    Handlers that need the engine itself (a resume ``CheckpointLoader`` / ``CheckpointSaver`` holding the
-    trainer's state, an ``EarlyStopHandler`` holding the trainer) cannot be listed in the engine's own
-    handler list in a bundle config: that would be a circular reference.
-    """
-    for h in handlers or []:
-        if h is not None:
-            h.attach(engine)
-    return engine
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:

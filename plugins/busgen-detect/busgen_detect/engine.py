@@ -29,6 +29,8 @@ from ignite.metrics import Metric
 from .metrics import ap_from_matches, match_detections
 from .transforms import boxes_to_normalised, stack_images
 
+from busgen_monai.engines import attach_handlers  # noqa: E402  (re-exported: the bundle configs call it here)
+
 __all__ = [
     "DetectionLoss",
     "prepare_detection_batch",
@@ -170,15 +172,6 @@ class DetectionCollector:
 
     def records(self) -> list[dict]:
         return list(self._records)
-
-
-def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
-    """Attach handlers after the engine exists (``None`` entries, i.e. disabled components, are skipped); for
-    handlers that hold the engine itself (resume loader/saver, early stop), which cannot be in its own list."""
-    for h in handlers or []:
-        if h is not None:
-            h.attach(engine)
-    return engine
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:

@@ -18,6 +18,8 @@ from torch import nn
 
 from busgen_monai.utils.io import atomic_write_json
 
+from busgen_monai.engines import attach_handlers  # noqa: E402  (re-exported: the bundle configs call it here)
+
 __all__ = ["prepare_breast_batch", "NYULoss", "breast_metric_transform", "loss_transform", "BreastCollector",
            "localisation_scores", "upsample_map", "POINTING_TOLERANCE", "attach_handlers", "latest_checkpoint", "training_summary",
            "unwrap", "BreastEnsemble", "load_ensemble"]
@@ -186,14 +188,6 @@ class BreastCollector:
                 self.localisation.append({"image_id": rec["image_ids"][j], "breast_id": rec["breast_id"],
                                           "patient_id": rec["patient_id"], "class": path_j,
                                           **localisation_scores(up, les, self.dice_threshold)})
-
-
-def attach_handlers(engine: Any, handlers: Sequence[Any] | None) -> Any:
-    """Attach handlers that hold the engine itself (resume loader/saver, early stopping) after it is built."""
-    for h in handlers or []:
-        if h is not None:
-            h.attach(engine)
-    return engine
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
