@@ -29,6 +29,7 @@ import numpy as np
 from busgen_monai.data.schema import as_datalist_list, read_datalist_source, split_names
 
 __all__ = [
+    "eval_folder_name",
     "load_items",
     "inference_items",
     "class_balanced_weights",
@@ -40,6 +41,21 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+
+
+def eval_folder_name(test_datalists: Any, datalists: Any, test_split: str = "test") -> str:
+    """The evaluation folder's name: ``eval`` for the training datalists' test split, else ``eval_<names>`` from the
+    test datalists' names (file stems) and split, so that evaluating a second test set never overwrites the first."""
+    import re
+
+    tests, trains = as_datalist_list(test_datalists), as_datalist_list(datalists)
+    same = [str(t) if not isinstance(t, Mapping) else t.get("name") for t in tests] == \
+        [str(t) if not isinstance(t, Mapping) else t.get("name") for t in trains]
+    if same and test_split == "test":
+        return "eval"
+    names = [Path(str(t)).stem if not isinstance(t, Mapping) else str(t.get("name", "datalist")) for t in tests]
+    tag = re.sub(r"[^A-Za-z0-9_.+-]+", "-", "+".join(names) or "none")[:80]
+    return f"eval_{tag}" + ("" if test_split == "test" else f"_{test_split}")
 
 
 def union_box(boxes: Sequence[Sequence[float]] | None) -> list[float]:

@@ -219,6 +219,23 @@ def test_evaluation_report_files_and_keys(evaluated, trained):
     assert len(rows) == len(test_items)
 
 
+def test_a_second_test_set_gets_its_own_report_folder(evaluated, trained):
+    """Evaluating another test set (here the validation split) writes eval_<datalist>_<split>/, never over eval/."""
+    from busgen_classify.data import eval_folder_name
+    from busgen_classify.workflow import evaluate
+
+    first = Path(evaluated["files"]["json"])
+    before = first.read_bytes()
+    other = evaluate([PRESET], datalists=[str(trained["datalist"])], output_dir=str(trained["out"]),
+                     test_split="validation", gradcam_n=0, tsne=False)
+    second = Path(other["files"]["json"])
+    stem = Path(str(trained["datalist"])).stem
+    assert second.parent.name == f"eval_{stem}_validation" and first.parent.name == "eval"
+    assert first.read_bytes() == before  # the first report is untouched
+    assert eval_folder_name(["/d/a.json"], ["/d/a.json"]) == "eval"
+    assert eval_folder_name(["/x/busi test.json", "/y/b.json"], ["/d/a.json"]) == "eval_busi-test+b"
+
+
 def test_delong_comparison_with_second_model(evaluated, tmp_path):
     from busgen_classify.evaluate import write_clinical_report
     from busgen_classify.handlers import read_predictions_csv
