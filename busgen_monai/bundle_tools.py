@@ -17,8 +17,9 @@ Two forms: ``adapter`` (adapter-only weights; the base is referenced by name, ve
 
 :func:`verify_bundle` checks a bundle folder or zip offline: metadata against the model zoo's schema (vendored) and the project's stricter JSON schema
 (``busgen_monai/resources/bundle_metadata_schema.json``), sha256 of the files in ``large_files.yml``, a
-``verify_net_in_out``-style shape check (network from the inference config, inputs shaped per
-``network_data_format``), and a load-and-sample round trip from the zip extracted into a fresh temp folder.
+shape check (network from the inference config, inputs shaped per ``network_data_format``, and the zoo's own
+``monai.bundle.verify_net_in_out`` with the diffusion forward arguments), and a load-and-sample round trip from the
+zip extracted into a fresh temp folder.
 """
 
 from __future__ import annotations
@@ -331,6 +332,28 @@ def check_network_shapes(root: str | Path, meta: Mapping[str, Any], overrides: M
     return tuple(y.shape)
 
 
+def zoo_net_in_out(root: str | Path, meta: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> str:
+    """The model zoo's own shape check, ``monai.bundle.verify_net_in_out``, on ``network_def`` of the bundle's
+    inference config, with the diffusion network's extra forward arguments (a timestep and a null condition tensor
+    shaped per ``network_data_format``)."""
+    import torch
+    from monai.bundle import verify_net_in_out
+
+    root = Path(root)
+    nd = meta["network_data_format"]["inputs"]
+    extra = {"timesteps": torch.zeros(1, dtype=torch.long)}
+    if "context" in nd:
+        extra["context"] = -torch.ones(1, 1, *map(int, nd["context"]["spatial_shape"]))
+    try:
+        verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
+                          config_file=str(root / "configs" / "inference.json"), device="cpu",
+                          extra_forward_args=extra, bundle_root=str(root), **dict(overrides or {}))
+    except Exception as err:  # noqa: BLE001 - one message naming the check
+        raise BundleVerificationError(f"{root / 'configs/inference.json'}: monai.bundle.verify_net_in_out failed: "
+                                      f"{err}") from err
+    return "ok"
+
+
 def _bundle_root(path: Path, workdir: Path) -> Path:
     if path.is_dir():
         dst = workdir / path.name
@@ -386,6 +409,7 @@ def verify_bundle(path: str | Path, base_checkpoint: str | Path | None = None, s
                     f"configs/metadata.json base_model/sha256 expects {want}")
             overrides["base_checkpoint"] = str(Path(base_checkpoint).resolve())
         report["net_in_out"] = check_network_shapes(root, meta, overrides)
+        report["zoo_verify_net_in_out"] = zoo_net_in_out(root, meta, overrides)
         if sample:
             out = Path(tmp) / "samples"
             parser = _parser(root, {**overrides, "device": "$torch.device('cpu')", "output_dir": str(out),

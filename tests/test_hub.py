@@ -49,7 +49,7 @@ def test_package_push_pull_verify_sample_and_peft_loads_the_adapter(packaged, tm
     pulled = pull_bundle("dcis_hub", hub.as_uri(), tmp_path / "fresh")
     assert (pulled / "models" / "adapter.pt").is_file() and (pulled / "configs" / "inference.json").is_file()
     report = verify_bundle(pulled, base_checkpoint=tmp / "base.pt")  # loads weights_only=True, samples 2 images
-    assert report["sampled"] == 2
+    assert report["sampled"] == 2 and report["zoo_verify_net_in_out"] == "ok"
 
     # peft loads the adapter of the pulled bundle (its own format: adapter_config.json + safetensors)
     from peft import LoraConfig

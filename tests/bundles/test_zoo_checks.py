@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,26 @@ def test_inference_config_has_the_zoo_inference_properties_but_dataset_and_evalu
     assert isinstance(wf.inferer, GuidedDiffusionInferer) and wf.network_def is not None
     docs = (root / "docs" / "README.md").read_text()
     assert "check_properties" in docs and "evaluator" in docs
+
+
+def test_shipped_sample_bundle_passes_monai_verify_net_in_out():
+    """The zoo's shape check on the shipped generator (network_def of the inference config, diffusion forward
+    arguments from network_data_format)."""
+    from busgen_monai.bundle_tools import zoo_net_in_out
+
+    root = BUNDLES["busgen_sample"]
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert zoo_net_in_out(root, meta) == "ok"
+    bad = json.loads(json.dumps(meta))
+    bad["network_data_format"]["outputs"]["pred"]["num_channels"] = 3  # the generator predicts one grey channel
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "busgen_sample"
+        shutil.copytree(root, copy)
+        (copy / "configs" / "metadata.json").write_text(json.dumps(bad))
+        from busgen_monai.bundle_tools import BundleVerificationError
+
+        with pytest.raises(BundleVerificationError, match="verify_net_in_out"):
+            zoo_net_in_out(copy, bad)
