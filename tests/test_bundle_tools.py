@@ -6,26 +6,15 @@ import zipfile
 import pytest
 import torch
 
-from busgen_monai.adaptation.adapt import AdapterSaver, prepare_adaptation
 from busgen_monai.bundle_tools import BundleVerificationError, check_large_files, package_bundle, verify_bundle
 from busgen_monai.cli import main
-from busgen_monai.inferers import BoxPrior
 from busgen_monai.networks import ConditionCodec
 from busgen_monai.presets import build_network
 
 
 @pytest.fixture(scope="module")
-def adapted(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("bt")
-    torch.manual_seed(0)
-    codec = ConditionCodec()
-    torch.save({"network": build_network("tiny", codec).state_dict(), "codec": codec.state_dict()}, tmp / "base.pt")
-    net, codec = prepare_adaptation(tmp / "base.pt", "tiny", new_pathologies=["dcis"], rank=2)
-    saved = AdapterSaver(net, codec, tmp / "models").save()
-    BoxPrior().fit([{"pathology": "dcis", "boxes": [[.2, .2, .5, .5]]}, {"pathology": "dcis", "boxes": [[.3, .3, .6, .7]]},
-                    {"pathology": "dcis", "boxes": [[.25, .3, .55, .6]]}]).save(tmp / "models" / "box_prior.json")
-    return tmp, saved
+def adapted(tiny_adapted):
+    return tiny_adapted
 
 
 def _pkg(tmp, saved, form="merged", name="b"):

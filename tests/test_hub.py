@@ -6,29 +6,16 @@ import json
 import zipfile
 
 import pytest
-import torch
 import yaml
 
-from busgen_monai.adaptation.adapt import AdapterSaver, prepare_adaptation
 from busgen_monai.bundle_tools import package_bundle, verify_bundle
 from busgen_monai.cli import main
 from busgen_monai.hub import HubError, hub_index, pull_bundle, push_bundle
-from busgen_monai.inferers import BoxPrior
-from busgen_monai.networks import ConditionCodec
-from busgen_monai.presets import build_network
 
 
 @pytest.fixture(scope="module")
-def packaged(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("hub")
-    torch.manual_seed(0)
-    codec = ConditionCodec()
-    torch.save({"network": build_network("tiny", codec).state_dict(), "codec": codec.state_dict()}, tmp / "base.pt")
-    net, codec = prepare_adaptation(tmp / "base.pt", "tiny", new_pathologies=["dcis"], rank=2)
-    saved = AdapterSaver(net, codec, tmp / "models").save()
-    BoxPrior().fit([{"pathology": "dcis", "boxes": [[.2, .2, .5, .5]]}, {"pathology": "dcis", "boxes": [[.3, .3, .6, .7]]},
-                    {"pathology": "dcis", "boxes": [[.25, .3, .55, .6]]}]).save(tmp / "models" / "box_prior.json")
+def packaged(tiny_adapted):
+    tmp, saved = tiny_adapted
     _, zpath = package_bundle(tmp / "zoo", "adapter", adapter=saved["adapter"], base_checkpoint=tmp / "base.pt",
                               box_prior=tmp / "models" / "box_prior.json", devices=["GE-LOGIQ-E9"], name="dcis_hub")
     return tmp, zpath
