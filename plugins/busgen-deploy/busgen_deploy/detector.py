@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from busgen_monai.bundle_run import resolve_bundle, resolve_configs
-from busgen_monai.safe_load import load_weights
 from busgen_monai.utils.io import file_sha256
+
+from .model import load_bundle_network
 
 __all__ = ["DetectorConfig", "BundleDetector"]
 
@@ -76,18 +77,8 @@ class BundleDetector:
             raise FileNotFoundError(f"detector weights {self.model_path} not found: give the bus_detector training "
                                     "run's models/model.pt")
         self.model_sha256 = file_sha256(self.model_path)
-        self.image_size = [int(s) for s in parser.get_parsed_content("image_size")]
-        self.channels = int(parser.get_parsed_content("image_channels"))
-        net = parser.get_parsed_content("network_def")
-        state = load_weights(self.model_path, "detector checkpoint")
-        if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-            state = state["model"]
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(f"the checkpoint {self.model_path} does not fit the detector of configs "
-                             f"{config.configs!r}: give the preset it was trained with "
-                             f"({str(err).splitlines()[0][:200]})") from None
+        self.image_size, self.channels, net = load_bundle_network(parser, self.model_path, "detector",
+                                                                  f"configs {config.configs!r}")
         self.network = net.eval()
         self.score_key = getattr(net, "pred_score_key", "labels_scores")
         self.box_key = getattr(net, "target_box_key", "boxes")

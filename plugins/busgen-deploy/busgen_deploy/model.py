@@ -76,6 +76,24 @@ class Prediction:
     logits: np.ndarray
 
 
+
+def load_bundle_network(parser: Any, model_path: Path, what: str, configs_desc: str) -> tuple[list[int], int, Any]:
+    """``(image_size, image_channels, network)`` of a parsed bundle config, with the weights of ``model_path`` loaded
+    weights-only (a training checkpoint's ``model`` entry or a bare state dict); a checkpoint that does not fit the
+    network is one error naming the configs to use."""
+    image_size = [int(s) for s in parser.get_parsed_content("image_size")]
+    channels = int(parser.get_parsed_content("image_channels"))
+    net = parser.get_parsed_content("network_def")
+    state = load_weights(model_path, f"{what} checkpoint")
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"the checkpoint {model_path} does not fit the {what} network of {configs_desc}: give the "
+                         f"configs/preset it was trained with ({str(err).splitlines()[0][:200]})") from None
+    return image_size, channels, net
+
 class BundleClassifier:
     """A trained classifier bundle ready for in-memory frames (see the module docstring)."""
 
@@ -104,19 +122,8 @@ class BundleClassifier:
         if positive not in self.classes:
             raise ValueError(f"positive_class {positive!r} is not one of the bundle's classes {self.classes}")
         self.positive_index = self.classes.index(positive)
-        self.image_size = [int(s) for s in parser.get_parsed_content("image_size")]
-        self.channels = int(parser.get_parsed_content("image_channels"))
-        net = parser.get_parsed_content("network_def")
-        state = load_weights(self.model_path, "classifier checkpoint")
-        if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-            state = state["model"]
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(
-                f"the checkpoint {self.model_path} does not fit the network of configs {config.configs!r} with "
-                f"overrides {config.overrides}: give the configs/preset it was trained with "
-                f"({str(err).splitlines()[0][:200]})") from None
+        self.image_size, self.channels, net = load_bundle_network(
+            parser, self.model_path, "classifier", f"configs {config.configs!r} with overrides {config.overrides}")
         self.device = torch.device(config.device)
         self.network = net.to(self.device).eval()
         self.preprocessing = filter_compose(parser.get_parsed_content("preprocessing"), DISALLOW_LOAD_SAVE)
