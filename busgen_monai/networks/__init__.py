@@ -44,3 +44,16 @@ __all__ = [
     "render_box_mask",
     "unpack_conditions",
 ]
+
+# Latent diffusion (issue #20): the DiT denoiser, the first-stage autoencoder, and the allow-list of generator
+# classes a checkpoint may name (``network_class``); loading never imports a dotted path read from a file.
+from .autoencoder import AutoencoderLoss, LatentAutoencoderKL, kl_divergence  # noqa: E402
+from .dit import DIT_SIZES, ConditionalDiT, DiTBlock, DiTFinalLayer  # noqa: E402
+
+GENERATOR_NETWORKS = {"ConditionalDiffusionUNet": ConditionalDiffusionUNet, "ConditionalDiT": ConditionalDiT}
+AUTOENCODER_NETWORKS = {"LatentAutoencoderKL": LatentAutoencoderKL}
+
+__all__ += [
+    "AUTOENCODER_NETWORKS", "AutoencoderLoss", "ConditionalDiT", "DIT_SIZES", "DiTBlock", "DiTFinalLayer",
+    "GENERATOR_NETWORKS", "LatentAutoencoderKL", "kl_divergence",
+]
