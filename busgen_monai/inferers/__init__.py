@@ -1,8 +1,19 @@
-"""Guided sampling (classifier-free guidance, guard hooks), box priors and sharded data-set generation."""
+"""Guided sampling (classifier-free guidance, guard hooks), box priors, sharded data-set generation, and the latent
+(autoencoder + DiT) generator family."""
 
 from .box_prior import BoxPrior, box_features, features_to_boxes
 from .generate import GenerationResult, file_sha256, generate_dataset, item_seed, plan_conditions, run_generation
 from .guided import GuidedDiffusionInferer, classifier_free_guidance, null_like
+from .latent import (
+    AutoencoderRecord,
+    LatentDiffusionModel,
+    LatentDiffusionPrepareBatch,
+    LatentTrainingInferer,
+    NetworkClassRecord,
+    is_latent,
+    latent_scale_factor,
+    load_autoencoder,
+)
 from .loading import (
     default_generator,
     export_generator,
@@ -15,6 +26,14 @@ from .loading import (
 )
 
 __all__ = [
+    "AutoencoderRecord",
+    "LatentDiffusionModel",
+    "LatentDiffusionPrepareBatch",
+    "LatentTrainingInferer",
+    "NetworkClassRecord",
+    "is_latent",
+    "latent_scale_factor",
+    "load_autoencoder",
     "BoxPrior",
     "GenerationResult",
     "GuidedDiffusionInferer",

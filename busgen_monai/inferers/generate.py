@@ -12,6 +12,12 @@ seeded by the chunk), and chunk ``c`` belongs to rank ``c % world_size``. So:
   pseudo-labels; provenance = model hash, seed, index, conditions, sampler, steps, guidance), applies the
   post-hoc filters (:class:`busgen_monai.plugins.DatalistFilter`, e.g. cleaning) and writes the rejects list
   and a sample grid.
+
+Both generator families run here: for a latent generator (:class:`~busgen_monai.inferers.latent.LatentDiffusionModel`,
+``bundles/busgen_latent``) the start noise of item ``i`` is drawn in the latent's shape (same per-item seeds), the
+inferer and its guards work in latent space, and the result is decoded before anything is written or filtered.
+A plan may also carry BI-RADS (``birads=[...]``, the CoLDiT condition): balanced over the given categories, with the
+pathology drawn from the datalist's pathology mix within each category (so the pair is one that occurs).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ..utils.io import atomic_save_png, file_sha256  # file_sha256 re-exported
 
 __all__ = [
     "plan_conditions", "device_weights_from", "generate_dataset", "run_generation", "file_sha256", "GenerationResult",
-    "item_seed", "GenerationSettingsError",
+    "item_seed", "GenerationSettingsError", "birads_pathology_mix",
 ]
 
 
@@ -71,6 +77,8 @@ def plan_conditions(
     boxes: Sequence[Sequence[Sequence[float]]] | None = None,
     boxes_per_image: int = 1,
     device_weights: Sequence[float] | None = None,
+    birads: Sequence[str] | None = None,
+    birads_pathology: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[dict]:
     """Conditions for items ``0..n-1``, balanced on pathology and following a device mix.
 
@@ -81,6 +89,11 @@ def plan_conditions(
     Boxes are drawn from the pathology's prior with the item's own seed (or the given ``boxes[i]``); ``normal``
     (or any pathology the prior does not know) gets no box. The plan is prefix-stable: the first ``m`` items of a
     plan for ``n > m`` are the plan for ``m``.
+
+    With ``birads`` (BI-RADS categories, CoLDiT's condition) item ``i`` gets ``birads[i mod len(birads)]`` and a
+    pathology drawn with the item's seed from ``birads_pathology[category]`` (pathology -> weight, e.g. the training
+    split's counts: :func:`birads_pathology_mix`; missing or empty: uniform over ``pathologies``); devices and boxes
+    then follow as above, per pathology. Without ``birads`` the plan is exactly the pathology-balanced one.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -97,6 +110,15 @@ def plan_conditions(
     plan = []
     for i in range(n):
         pathology = pathologies[i % len(pathologies)]
+        category = None
+        if birads:
+            category = str(birads[i % len(birads)]).lower()
+            mix = dict((birads_pathology or {}).get(category) or {})
+            w = np.array([float(mix.get(p, 0.0)) for p in pathologies]) if mix else np.ones(len(pathologies))
+            if w.sum() <= 0:
+                w = np.ones(len(pathologies))
+            rng = np.random.default_rng(item_seed(seed + 7919, i))
+            pathology = pathologies[int(rng.choice(len(pathologies), p=w / w.sum()))]
         c = counts[pathology]
         lag = (c.sum() + 1) * share - c
         d = int(np.argmax(lag))  # ties -> the first device, deterministic
@@ -109,8 +131,28 @@ def plan_conditions(
             item_boxes = box_prior.sample(pathology, boxes_per_image, seed=rng).round(6).tolist()
         else:
             item_boxes = []
-        plan.append({"index": i, "pathology": pathology, "device": device, "boxes": item_boxes})
+        entry = {"index": i, "pathology": pathology, "device": device, "boxes": item_boxes}
+        if category is not None:
+            entry["birads"] = category
+        plan.append(entry)
     return plan
+
+
+def birads_pathology_mix(data: Mapping | None) -> dict[str, dict[str, int]]:
+    """``{birads: {pathology: count}}`` over the training split of a datalist (all items if it has none)."""
+    from ..data.schema import iter_items
+
+    if data is None:
+        return {}
+    items = [it for split, _, it in iter_items(data) if split == "training"] or [it for _, _, it in iter_items(data)]
+    out: dict[str, dict[str, int]] = {}
+    for it in items:
+        b, p = it.get("birads"), it.get("pathology")
+        if b is None or p is None:
+            continue
+        row = out.setdefault(str(b).lower(), {})
+        row[p] = row.get(p, 0) + 1
+    return out
 
 
 @dataclass
@@ -188,9 +230,13 @@ def generate_dataset(
     n = len(plan)
     n_chunks = (n + chunk_size - 1) // chunk_size
     mine = [c for c in range(n_chunks) if c % world_size == rank]
+    from .latent import is_latent
+
     network = network.to(device).eval()
+    latent = is_latent(network)
     if image_channels is None:
         image_channels = int(getattr(network, "image_channels", 1))
+    noise_shape = tuple(network.latent_shape(image_size)) if latent else (image_channels, *image_size)
     provenance = dict(provenance or {})
     settings = json.loads(json.dumps({"seed": int(seed), "chunk_size": int(chunk_size),
                                       "image_size": [int(v) for v in image_size], "image_channels": int(image_channels),
@@ -216,16 +262,20 @@ def generate_dataset(
             skipped += 1
             continue
         noise = torch.stack([
-            torch.randn(image_channels, *image_size, generator=torch.Generator().manual_seed(item_seed(seed, i)))
+            torch.randn(*noise_shape, generator=torch.Generator().manual_seed(item_seed(seed, i)))
             for i in idx
         ]).to(device)
         items = [plan[i] for i in idx]
+        with_birads = any(it.get("birads") is not None for it in items)
         cond = codec.pack_names(
             pathologies=[it["pathology"] for it in items], devices=[it["device"] for it in items],
             boxes=[it["boxes"] for it in items],
+            **({"birads": [it.get("birads") for it in items]} if with_birads else {}),
         ).to(device)
         gen = torch.Generator(device=device).manual_seed(item_seed(seed, -1 - c))
         images = inferer.sample(noise, network, conditioning=cond, verbose=False, generator=gen)
+        if latent:  # guards and the solver ran on latents; write and filter decoded images
+            images = network.decode(images)
         for i, it, img in zip(idx, items, images):
             name = f"gen_{i:07d}"
             atomic_save_png(_to_uint8(img), out / "images" / f"{name}.png")
@@ -234,6 +284,7 @@ def generate_dataset(
                 "pathology": it["pathology"],
                 "device": it["device"],
                 "boxes": it["boxes"],
+                **({"birads": it["birads"]} if it.get("birads") is not None else {}),
                 "patient_id": f"GEN-{i:07d}",
                 "study_id": f"GENS-{i:07d}",
                 "split": "training",
@@ -250,7 +301,7 @@ def generate_dataset(
     return result
 
 
-_CONDITION_KEYS = ("pathology", "device", "boxes")
+_CONDITION_KEYS = ("pathology", "device", "boxes", "birads")
 _RUN_OUTPUTS = ("datalist.json", "rejects.json", "sample_grid.png")
 
 
@@ -280,7 +331,7 @@ def _check_resume(out: Path, settings: Mapping[str, Any], plan: Sequence[Mapping
             if i >= len(plan):
                 stale.append(i)
             elif any(rec.get(k) != plan[i].get(k) for k in _CONDITION_KEYS):
-                differ.append(f"conditions of item {i} (pathology/device/boxes: another datalist, box prior or "
+                differ.append(f"conditions of item {i} (pathology/device/boxes/BI-RADS: another datalist, box prior or "
                               "condition list)")
                 break
     if differ:
@@ -353,6 +404,7 @@ def run_generation(
     boxes: Sequence[Sequence[float]] | None = None,
     force: bool = False,
     inferer: Any = None,
+    birads: Sequence[str] | None = None,
 ) -> GenerationResult:
     """Everything the sampling bundle does, in one call (used by ``bundles/busgen_sample/configs/inference.json``).
 
@@ -366,6 +418,11 @@ def run_generation(
     its chunks and rank 0 merges after a barrier. ``force``: see :func:`generate_dataset` (resume checks).
     ``inferer``: a :class:`~busgen_monai.inferers.GuidedDiffusionInferer` to sample with (the bundle's ``inferer``);
     default: one built from ``scheduler``, ``guidance_w``, ``batched_cfg`` and ``guards``.
+    ``birads``: BI-RADS categories to balance the plan over (latent CoLDiT-style generators condition on them; the
+    pathology of each item then follows the datalist's pathology mix within its category, see
+    :func:`plan_conditions`). A latent generator (:class:`~busgen_monai.inferers.latent.LatentDiffusionModel`) samples
+    in latent space and is decoded; the scheduler's clipping of the data prediction to [-1, 1] (meant for pixels) is
+    switched off for it, with a warning.
     """
     from ..data.schema import iter_items, load_datalist
     from .guided import GuidedDiffusionInferer
@@ -412,8 +469,26 @@ def run_generation(
             raise ValueError(f"boxes must be [x1, y1, x2, y2] with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1; got {bad}"
                              " (key: boxes / --box)")
         fixed = [one] * num_images
+    mix = None
+    if birads:
+        unknown = [b for b in birads if str(b).lower() not in codec.birads_values]
+        if unknown:
+            raise ValueError(f"BI-RADS {unknown} not in the generator's categories {codec.birads_values} (key: birads)")
+        mix = birads_pathology_mix(data)
     plan = plan_conditions(num_images, pathologies, list(devices), seed=seed, box_prior=prior,
-                           device_weights=weights, boxes=fixed)
+                           device_weights=weights, boxes=fixed, birads=birads, birads_pathology=mix)
+    from .latent import is_latent
+
+    latent = is_latent(network)
+    if latent and (getattr(scheduler, "clip_sample", False) or getattr(scheduler, "thresholding", False)):
+        import warnings
+
+        warnings.warn("latent generator: the scheduler's clip_sample/thresholding (for [-1, 1] pixels) is switched "
+                      "off; latents are not bounded (set clip_sample false in the config to silence this)",
+                      stacklevel=2)
+        scheduler.clip_sample = False
+        if hasattr(scheduler, "thresholding"):
+            scheduler.thresholding = False
     scheduler.set_timesteps(num_inference_steps)
     if inferer is None:
         inferer = GuidedDiffusionInferer(scheduler, guidance_scale=guidance_w, batched_cfg=batched_cfg, guards=guards)
@@ -423,6 +498,8 @@ def run_generation(
         rank, world = dist.get_rank(), dist.get_world_size()
     prov = {"sampler": type(scheduler).__name__, "steps": int(num_inference_steps), "guidance_w": float(guidance_w),
             **(provenance or {})}
+    if latent:
+        prov.setdefault("generator_family", "latent")
     result = generate_dataset(network, codec, inferer, out, plan, image_size=size, image_channels=image_channels,
                               seed=seed, chunk_size=chunk_size, rank=rank, world_size=world, filters=filters,
                               provenance=prov, progress=progress, merge=(world == 1), device=device, force=force)

@@ -6,6 +6,13 @@ A pretraining checkpoint (``bundles/busgen_pretrain``) is a dict with ``network`
 only. Both carry ``network_kwargs``, the network's full constructor arguments, so :func:`load_generator` rebuilds
 exactly the trained network (old files without them fall back to a preset, with a warning). It reads either file
 with ``weights_only=True`` and prefers the EMA weights when the checkpoint has them.
+
+Two generator families: the pixel :class:`~busgen_monai.networks.ConditionalDiffusionUNet` and the latent
+:class:`~busgen_monai.networks.ConditionalDiT` (``bundles/busgen_latent``). A checkpoint names its class in
+``network_class``, looked up in the allow-list :data:`busgen_monai.networks.GENERATOR_NETWORKS` (nothing is imported
+from a file); files without it hold the U-Net. A latent checkpoint also carries its first-stage autoencoder
+(``autoencoder``: class, constructor arguments, weights, latent ``scale_factor``), and :func:`load_generator` returns
+a :class:`~busgen_monai.inferers.latent.LatentDiffusionModel` for it.
 """
 
 from __future__ import annotations
@@ -158,16 +165,20 @@ def load_generator(
     ``preset`` is only consulted for old checkpoints that carry no ``network_kwargs`` (see :func:`network_kwargs_of`).
     """
     from ..data.conditions import ConditionCodec
-    from ..networks import ConditionalDiffusionUNet
+    from ..networks import GENERATOR_NETWORKS
+    from .latent import LatentDiffusionModel, autoencoder_from_state, network_class_of
 
     path = resolve_checkpoint(checkpoint)
     state = read_checkpoint(path)
     codec = ConditionCodec.from_dict(state["codec"])
+    class_name = network_class_of(state)
+    if class_name != "ConditionalDiffusionUNet" and not state.get("network_kwargs"):
+        raise ValueError(f"{path}: a {class_name} checkpoint must carry its network_kwargs (re-export it)")
     kwargs = network_kwargs_of(state, preset, source=str(path), **network_overrides)
     try:
-        network = ConditionalDiffusionUNet(**kwargs)
+        network = GENERATOR_NETWORKS[class_name](**kwargs)
     except TypeError as err:
-        raise ValueError(f"{path}: its network_kwargs do not build a ConditionalDiffusionUNet: {err}") from err
+        raise ValueError(f"{path}: its network_kwargs do not build a {class_name}: {err}") from err
     weights = generator_state(state, use_ema)
     try:
         network.load_state_dict(weights)
@@ -177,6 +188,13 @@ def load_generator(
                 "train and sample with the same preset and network options")
         raise ValueError(f"checkpoint {path} does not fit the network rebuilt for it ({hint}): "
                          f"{str(err).splitlines()[0]}") from err
+    if class_name == "ConditionalDiT":
+        ae_state = state.get("autoencoder")
+        if not isinstance(ae_state, Mapping) or "network" not in ae_state:
+            raise ValueError(f"{path}: a latent ({class_name}) checkpoint must carry its autoencoder ('autoencoder': "
+                             "weights, network_kwargs, scale_factor); train it with bundles/busgen_latent")
+        autoencoder = autoencoder_from_state(ae_state, source=f"{path} (autoencoder)")
+        network = LatentDiffusionModel(network, autoencoder, float(ae_state.get("scale_factor", 1.0)))
     return network.to(device).eval(), codec
 
 
@@ -203,6 +221,12 @@ def export_generator(checkpoint: str | os.PathLike | Mapping[str, Any], out: str
         weights = {k: v.to(dt) if v.is_floating_point() else v for k, v in weights.items()}
     payload = {"network": weights, "codec": state["codec"], "network_kwargs": kwargs,
                "settings": dict(settings) if settings else generator_settings(state, preset)}
+    if state.get("network_class") is not None:  # latent family: the class name and the first stage travel along
+        from .latent import network_class_of
+
+        payload["network_class"] = network_class_of(state)
+    if state.get("autoencoder") is not None:
+        payload["autoencoder"] = state["autoencoder"]
     if extra:
         payload.update({k: v for k, v in extra.items() if k not in payload})
     return atomic_torch_save(payload, out)
