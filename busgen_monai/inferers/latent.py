@@ -138,7 +138,9 @@ class LatentDiffusionPrepareBatch(ConditionalDiffusionPrepareBatch):
 def latent_scale_factor(autoencoder: nn.Module, batches: Any, max_batches: int = 4,
                         device: str | torch.device = "cpu") -> float:
     """``1 / std`` of the autoencoder's latents over the first ``max_batches`` batches (dicts with ``image``, or
-    tensors) of a loader or dataset, so diffusion runs on latents of unit variance (Rombach et al. 2022)."""
+    tensors) of a loader or dataset, so diffusion runs on latents of unit variance (Rombach et al. 2022). The
+    posterior *mean* is used, so the value is deterministic (a resumed run recomputes the same scale); with the
+    small KL weight of the first stage the posterior spread is negligible next to it."""
     ae = autoencoder.eval().to(device)
     zs = []
     for i, batch in enumerate(batches):
@@ -148,7 +150,8 @@ def latent_scale_factor(autoencoder: nn.Module, batches: Any, max_batches: int =
         images = torch.as_tensor(images).float().to(device)
         if images.dim() == 3:
             images = images[None]
-        zs.append(ae.encode_stage_2_inputs(images).flatten())
+        z_mu, _ = ae.encode(images)
+        zs.append(z_mu.flatten())
     if not zs:
         raise ValueError("latent_scale_factor: no images to estimate the latent scale from (empty training split?)")
     std = float(torch.cat(zs).std())
@@ -269,3 +272,52 @@ def network_class_of(state: Mapping[str, Any]) -> str:
         raise ValueError(f"the checkpoint names network class {name!r}, which is not a generator of this library "
                          f"({sorted(GENERATOR_NETWORKS)}); nothing is imported from a checkpoint")
     return str(name)
+
+
+def unknown_preset(name: str, presets: Mapping[str, Any]) -> None:
+    """Raise the bundle's error for a preset name it does not define."""
+    raise KeyError(f"unknown preset {name!r}; choose one of {sorted(presets)} (bundle: --preset_name cpu_tiny)")
+
+
+@torch.no_grad()
+def reconstruction_report(autoencoder: nn.Module, dataset: Sequence, out_file: str | os.PathLike,
+                          device: str | torch.device = "cpu", grid: str | os.PathLike | None = None,
+                          grid_size: int = 8) -> dict[str, Any]:
+    """Reconstruction quality of the autoencoder on ``dataset`` (dicts with ``image`` in [-1, 1]): mean absolute
+    error and PSNR (:class:`monai.metrics.PSNRMetric`, range 2) of ``decode(encode(x))`` with the posterior mean,
+    written as JSON (atomically) and, with ``grid``, a PNG of originals (top) over reconstructions (bottom)."""
+    import json
+
+    from monai.metrics import PSNRMetric
+
+    from ..utils.io import atomic_write_text
+
+    ae = _unwrap(autoencoder).eval().to(device)
+    psnr = PSNRMetric(max_val=2.0)
+    errs, shown = [], []
+    for item in dataset:
+        x = torch.as_tensor(item["image"]).float()[None].to(device)
+        z_mu, _ = ae.encode(x)
+        rec = ae.decode(z_mu).clamp(-1, 1)
+        errs.append(float((rec - x).abs().mean()))
+        psnr(rec, x)
+        if len(shown) < grid_size:
+            shown.append((x[0].cpu(), rec[0].cpu()))
+    if not errs:
+        raise ValueError("reconstruction_report: the evaluation set is empty")
+    report = {"num_images": len(errs), "mae": float(sum(errs) / len(errs)),
+              "psnr_db": float(psnr.aggregate().item()), "image_range": [-1, 1],
+              "latent_shape": list(getattr(ae, "latent_shape")(tuple(shown[0][0].shape[1:]))) if shown else None}
+    atomic_write_text(out_file, json.dumps(report, indent=1))
+    if grid is not None and shown:
+        import numpy as np
+
+        from ..utils.io import atomic_save_png
+
+        def _u8(t):
+            return ((t[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+        top = np.concatenate([_u8(a) for a, _ in shown], axis=1)
+        bottom = np.concatenate([_u8(b) for _, b in shown], axis=1)
+        atomic_save_png(np.concatenate([top, bottom], axis=0), grid)
+    return report
