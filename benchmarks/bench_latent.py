@@ -1,0 +1,509 @@
+"""Latent (autoencoder + DiT, CoLDiT-style) vs pixel (BUSGen U-Net) generation on BUS-BRA, on one CPU thread.
+
+CoLDiT (Research 2024, DOI 10.34133/research.0532) generates breast ultrasound with a latent diffusion transformer
+conditioned on BI-RADS; its claims are image fidelity, BI-RADS-consistent images, no replication of training images,
+and that replacing half of the real training data by synthetic images keeps a classifier's performance (P = 0.81).
+This script measures the same things at CPU scale on BUS-BRA (Gomez-Flores et al., Medical Physics 2023,
+doi 10.5281/zenodo.7730709; patient-wise 70/15/15 split, seed 0, BI-RADS 2/3/4/5 as the data set gives them):
+
+1. **Train** a small latent generator here (sized for the time budget): ``LatentAutoencoderKL`` (64 px, widths
+   16/32/64, x4 downsampling, 4 latent channels, L1 + KL + 0.2 SSIM, 800 steps of 8) on the training split, then a
+   ``ConditionalDiT`` (hidden 128, depth 4, 4 heads, patch 2, 2,000 steps of 32, EMA 0.999)
+   on its latents (posterior means cached once, flips as augmentation), conditioned on pathology, device and BI-RADS
+   with joint condition dropout 0.1. Same training pieces as ``bundles/busgen_autoencoder`` / ``busgen_latent``
+   (MONAI LatentDiffusionInferer semantics, the project's loss), written as a plain loop for speed.
+2. **Speed**: seconds per image, latent vs pixel, same sampler (the project's DPM-Solver++ 2M), same number of
+   steps, batched CFG, batch 8, at 64 px (the shipped pixel generator ``bundles/busgen_sample/models/model.pt`` and
+   the latent model trained here) and at 128 px (untrained networks of the ``cpu128`` pixel preset and of the
+   latent model at 128 px: timing does not depend on the weights). Side by side in one process.
+3. **Quality proxy**: KID (unbiased MMD^2, cubic kernel) and mean nearest-neighbour distance of each generator's
+   images to the real test crops in ``benchmarks/bench_sample.py``'s offline feature space (intensity histograms,
+   gradients, a seeded random MONAI network; no ImageNet Inception ships offline, so values are not comparable with
+   published FID), with real validation vs real test as the floor.
+4. **BI-RADS agreement**: a BI-RADS classifier (MONAI ``Classifier``, 4 classes 2/3/4/5) trained on real training
+   crops; its confusion matrix on the real test split and on latent images generated for each BI-RADS category.
+5. **Half-real experiment**: a pathology classifier trained on (a) all real training images vs (b) a random half of
+   the training *patients* + as many latent synthetic images (BI-RADS balanced, pathology from the data's mix within
+   each category); AUROC on the real test split with DeLong 95 % CIs and the two-sided DeLong p (a vs b).
+6. **Privacy audit**: busgen-cpsample's nearest-neighbour audit of the synthetic set against the training split.
+7. **Distribution distance**: KID above, and the BI-RADS / pathology histograms of the synthetic set.
+
+Run (about 30 min on one thread; results in ``--out``/results.{json,md}; ``--publish`` copies them to
+docs/benchmarks/latent_results.{json,md})::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_latent.py --out runs/bench_latent --publish
+
+Finished parts are cached in ``--out`` (re-running skips them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+BUS_BRA = ROOT.parent / "shared" / "data" / "bus_bra"
+BIRADS = ["2", "3", "4", "5"]
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def load_real(out: Path, size: int) -> dict:
+    """Real crops (the pixel generator's view: box-centred square, as its training/validation transforms) per split."""
+    cache = out / f"real_{size}.pt"
+    if cache.is_file():
+        return torch.load(cache, weights_only=False)
+    from monai.transforms import Compose, Resized, ScaleIntensityRanged
+
+    from busgen_monai.data.loaders import load_bus_bra
+    from busgen_monai.data.transforms import BoxSquareCropd, LoadUltrasoundImaged
+
+    data = load_bus_bra(BUS_BRA, check_masks=False)
+    xf = Compose([LoadUltrasoundImaged("image", channels=1),
+                  ScaleIntensityRanged("image", 0, 255, -1, 1, clip=True),
+                  Resized("image", 2 * size, size_mode="longest", mode="area"),
+                  BoxSquareCropd("image", box_key="boxes", min_scale=1.0),
+                  Resized("image", (size, size), mode="area")])
+    res = {"datalist": data}
+    for split in ("training", "validation", "test"):
+        items = data[split]
+        ims = torch.stack([torch.as_tensor(xf(dict(it))["image"]).float() for it in items])
+        res[split] = {"images": ims, "pathology": [it["pathology"] for it in items],
+                      "birads": [str(it["birads"]) for it in items], "device": [it["device"] for it in items],
+                      "patient": [it["patient_id"] for it in items], "boxes": [it["boxes"] for it in items]}
+    torch.save(res, cache)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------- latent model
+def train_autoencoder(out: Path, real: dict, steps: int, seed: int = 0):
+    from busgen_monai.networks import AutoencoderLoss, LatentAutoencoderKL
+
+    path = out / "autoencoder.pt"
+    args = dict(channels=[16, 32, 64], num_res_blocks=1, attention_levels=[False, False, False], latent_channels=4,
+                norm_num_groups=8, with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+    ae = LatentAutoencoderKL(**args)
+    if path.is_file():
+        state = torch.load(path, weights_only=True)
+        ae.load_state_dict(state["network"])
+        return ae.eval(), state["info"]
+    torch.manual_seed(seed)
+    x_all = real["training"]["images"]
+    loss_fn = AutoencoderLoss(l1_weight=1.0, kl_weight=1e-6, ssim_weight=0.2)
+    opt = torch.optim.AdamW(ae.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    t0 = time.time()
+    for step in range(steps):
+        idx = torch.randint(0, len(x_all), (8,))
+        x = x_all[idx]
+        flip = torch.rand(8) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        loss = loss_fn(ae(x), x)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 200 == 0:
+            _log(f"autoencoder step {step}/{steps} loss {float(loss):.4f} {loss_fn.last_terms}")
+    ae.eval()
+    with torch.no_grad():
+        xv = real["validation"]["images"]
+        rec = ae.decode(ae.encode(xv)[0]).clamp(-1, 1)
+        mae = float((rec - xv).abs().mean())
+        mse = float(((rec - xv) ** 2).mean())
+    info = {"steps": steps, "train_s": time.time() - t0, "val_mae": mae, "val_psnr_db": 10 * np.log10(4.0 / mse),
+            "network_kwargs": ae.init_args}
+    torch.save({"network": ae.state_dict(), "network_kwargs": ae.init_args, "info": info}, path)
+    return ae, info
+
+
+def train_dit(out: Path, real: dict, ae, codec, steps: int, seed: int = 0):
+    from monai.networks.schedulers import DDPMScheduler
+
+    from busgen_monai.data.conditions import drop_conditions
+    from busgen_monai.inferers import AutoencoderRecord, NetworkClassRecord
+    from busgen_monai.networks import ConditionalDiT
+
+    path = out / "latent_model.pt"
+    if path.is_file():
+        return path, torch.load(path, weights_only=True)["info"]
+    torch.manual_seed(seed)
+    tr = real["training"]
+    with torch.no_grad():
+        z = torch.cat([ae.encode(tr["images"][i:i + 128])[0] for i in range(0, len(tr["images"]), 128)])
+        zf = torch.cat([ae.encode(tr["images"][i:i + 128].flip(-1))[0] for i in range(0, len(tr["images"]), 128)])
+    scale = 1.0 / float(z.std())
+    z, zf = z * scale, zf * scale
+    cond = codec.pack_names(tr["pathology"], tr["device"], tr["birads"])
+    net = ConditionalDiT(in_channels=4, input_size=z.shape[-1], patch_size=2, hidden_size=128, depth=4, num_heads=4,
+                         conditions=("pathology", "device", "birads"), **codec.network_kwargs())
+    ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999))
+    T = 1000
+    ddpm = DDPMScheduler(num_train_timesteps=T, schedule="linear_beta", beta_start=1e-4, beta_end=0.02)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-4, total_steps=steps, pct_start=0.03)
+    t0 = time.time()
+    for step in range(steps):
+        idx = torch.randint(0, len(z), (32,))
+        flip = (torch.rand(32) < 0.5)[:, None, None, None]
+        x0 = torch.where(flip, zf[idx], z[idx])
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, T, (32,))
+        xt = ddpm.add_noise(x0, noise, t)
+        drop = torch.rand(32) < 0.1
+        c = drop_conditions(cond[idx], {k: drop for k in ("pathology", "device", "birads", "boxes")})
+        loss = torch.nn.functional.mse_loss(net(xt, t, context=c), noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update_parameters(net)
+        if step % 250 == 0:
+            _log(f"DiT step {step}/{steps} loss {float(loss):.4f}")
+    info = {"steps": steps, "train_s": time.time() - t0, "scale_factor": scale,
+            "parameters_M": sum(p.numel() for p in net.parameters()) / 1e6}
+    settings = {"image_size": 64, "image_channels": 1, "num_train_timesteps": T, "beta_start": 1e-4,
+                "beta_end": 0.02, "guidance_w": 1.8, "family": "latent"}
+    state = {"network": net.state_dict(), "ema": ema.state_dict(), "network_kwargs": net.init_args,
+             "network_class": NetworkClassRecord(net).state_dict(),
+             "autoencoder": AutoencoderRecord(ae, scale).state_dict(), "codec": codec.state_dict(),
+             "settings": settings, "info": info}
+    torch.save(state, path)
+    return path, info
+
+
+def dpm(settings: dict, clip: bool = False):
+    """The sample bundle's sampler (pixel models clip the data prediction to [-1, 1]; latents are not clipped)."""
+    from busgen_monai.schedulers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(settings["num_train_timesteps"], schedule="linear_beta",
+                                       beta_start=settings["beta_start"], beta_end=settings["beta_end"],
+                                       solver_order=2, timestep_spacing="linspace", clip_sample=clip)
+
+
+# ----------------------------------------------------------------------------------------------------------- speed
+def speed(latent_ckpt: Path, steps: int, batch: int = 8, repeats: int = 2) -> dict:
+    from busgen_monai.inferers import GuidedDiffusionInferer, default_generator, generator_settings, load_generator
+    from busgen_monai.inferers.latent import LatentDiffusionModel
+    from busgen_monai.networks import ConditionalDiT, LatentAutoencoderKL
+    from busgen_monai.presets import build_network, get_preset
+
+    res = {}
+    pix, pcodec = load_generator(default_generator())
+    lat, lcodec = load_generator(latent_ckpt)
+    # 128 px: untrained networks of the same architectures (timing only)
+    pix128 = build_network(get_preset("cpu128"), pcodec).eval()
+    ae128 = LatentAutoencoderKL(**lat.autoencoder.init_args)
+    dit128 = ConditionalDiT(**{**lat.diffusion_model.init_args, "input_size": 32})
+    lat128 = LatentDiffusionModel(dit128, ae128, lat.scale_factor).eval()
+    sched = dpm(generator_settings(latent_ckpt))
+    psched = dpm(generator_settings(default_generator()), clip=True)
+    for size, models in ((64, {"pixel": (pix, pcodec, psched), "latent": (lat, lcodec, sched)}),
+                         (128, {"pixel": (pix128, pcodec, psched), "latent": (lat128, lcodec, sched)})):
+        for name, (net, codec, sc) in models.items():
+            inf = GuidedDiffusionInferer(sc, guidance_scale=1.8, num_inference_steps=steps)
+            cond = codec.pack_names(["benign", "malignant"] * (batch // 2))
+            times = []
+            for r in range(repeats if size == 64 else 1):
+                g = torch.Generator().manual_seed(r)
+                shape = net.latent_shape(size) if isinstance(net, LatentDiffusionModel) else (1, size, size)
+                noise = torch.randn(batch, *shape, generator=g)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    x = inf.sample(noise, net, conditioning=cond, verbose=False)
+                    if isinstance(net, LatentDiffusionModel):
+                        x = net.decode(x)
+                times.append((time.perf_counter() - t0) / batch)
+            res[f"{name}_{size}px_s_per_image"] = float(min(times))
+            res[f"{name}_{size}px_parameters_M"] = float(sum(p.numel() for p in net.parameters()) / 1e6)
+            _log(f"speed {name} {size}px: {min(times):.3f} s/image")
+        res[f"speedup_{size}px"] = res[f"pixel_{size}px_s_per_image"] / res[f"latent_{size}px_s_per_image"]
+    res.update({"steps": steps, "batch": batch, "threads": torch.get_num_threads(), "sampler": "DPM-Solver++(2M)",
+                "cfg": "batched, w = 1.8"})
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------- generation
+def generate(ckpt: Path, out_dir: Path, n: int, datalist: dict, steps: int, birads=None, seed: int = 0) -> dict:
+    from busgen_monai.inferers import generator_settings, load_generator, run_generation
+
+    from busgen_monai.inferers import is_latent
+
+    net, codec = load_generator(ckpt)
+    st = generator_settings(ckpt)
+    t0 = time.time()
+    res = run_generation(net, codec, dpm(st, clip=not is_latent(net)), out_dir, n, image_size=st["image_size"], seed=seed, datalist=datalist,
+                         num_inference_steps=steps, guidance_w=st["guidance_w"], chunk_size=16, progress=False,
+                         birads=birads)
+    dl = json.loads(Path(res.datalist).read_text())
+    items = dl["training"]
+    from PIL import Image
+
+    ims = torch.stack([torch.from_numpy(np.asarray(Image.open(out_dir / it["image"]).convert("L"), dtype=np.float32))
+                       for it in items])[:, None] / 127.5 - 1
+    return {"images": ims, "items": items, "datalist": str(res.datalist), "wall_s": time.time() - t0}
+
+
+# ----------------------------------------------------------------------------------------------------------- classifiers
+def train_classifier(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int, seed: int = 0):
+    from monai.networks.nets import Classifier
+
+    torch.manual_seed(seed)
+    net = Classifier(in_shape=(1, x.shape[-2], x.shape[-1]), classes=classes, channels=(16, 32, 64, 128),
+                     strides=(2, 2, 2, 2), dropout=0.2)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    if classes > 1:
+        counts = torch.bincount(y.long(), minlength=classes).float()
+        w = (1.0 / counts.clamp(min=1))[y.long()]
+    else:
+        counts = torch.bincount(y.long(), minlength=2).float()
+        w = (1.0 / counts.clamp(min=1))[y.long()]
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        idx = torch.multinomial(w, 32, replacement=True, generator=gen)
+        xb = x[idx]
+        flip = (torch.rand(32, generator=gen) < 0.5)[:, None, None, None]
+        xb = torch.where(flip, xb.flip(-1), xb)
+        xb = xb * (1 + 0.2 * (torch.rand(32, 1, 1, 1, generator=gen) - 0.5))
+        out = net(xb)
+        loss = (torch.nn.functional.cross_entropy(out, y[idx].long()) if classes > 1 else
+                torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], y[idx].float()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([net(x[i:i + 256]) for i in range(0, len(x), 256)])
+
+
+def confusion(y_true, y_pred, k: int) -> list[list[int]]:
+    m = np.zeros((k, k), dtype=int)
+    for a, b in zip(y_true, y_pred):
+        m[int(a), int(b)] += 1
+    return m.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="runs/bench_latent")
+    ap.add_argument("--ae-steps", type=int, default=800)
+    ap.add_argument("--dit-steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=20, help="solver steps for every generator")
+    ap.add_argument("--n-quality", type=int, default=128, help="images per generator for the quality proxy")
+    ap.add_argument("--clf-steps", type=int, default=600)
+    ap.add_argument("--max-synthetic", type=int, default=None, help="cap the half-real synthetic set (smoke runs)")
+    ap.add_argument("--publish", action="store_true", help="copy results to docs/benchmarks/latent_results.*")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"settings": vars(args), "walls_s": {}}
+    t_all = time.time()
+
+    def part(name):
+        results["walls_s"][name] = round(time.time() - part.t0, 1)
+        part.t0 = time.time()
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    part.t0 = time.time()
+
+    from busgen_monai.networks import ConditionCodec
+
+    real = load_real(out, 64)
+    data = real["datalist"]
+    part("load_real")
+    codec = ConditionCodec.from_datalist(data, max_boxes=8)
+    ae, ae_info = train_autoencoder(out, real, args.ae_steps)
+    results["autoencoder"] = ae_info
+    part("train_autoencoder")
+    ckpt, dit_info = train_dit(out, real, ae, codec, args.dit_steps)
+    results["dit"] = dit_info
+    part("train_dit")
+
+    results["speed"] = speed(ckpt, args.steps)
+    part("speed")
+
+    # quality proxy: both generators, same steps, n images each
+    from bench_sample import N_DEEP, _feature_net, _features, _kid, _proxies
+    from busgen_monai.inferers import default_generator
+
+    fnet = _feature_net()
+    feat = lambda ims: _features(ims.repeat(1, 3, 1, 1), fnet)  # noqa: E731
+    real_test_f = feat(real["test"]["images"])
+    gen_lat = generate(ckpt, out / "gen_latent_quality", args.n_quality, data, args.steps, birads=BIRADS)
+    gen_pix = generate(default_generator(), out / "gen_pixel_quality", args.n_quality, data, args.steps)
+    results["quality"] = {
+        "latent": {**_proxies(feat(gen_lat["images"]), real_test_f, N_DEEP), "wall_s_per_image":
+                   gen_lat["wall_s"] / args.n_quality},
+        "pixel": {**_proxies(feat(gen_pix["images"]), real_test_f, N_DEEP), "wall_s_per_image":
+                  gen_pix["wall_s"] / args.n_quality},
+        "floor_real_validation": {"kid": _kid(feat(real["validation"]["images"]), real_test_f)},
+        "n_images": args.n_quality, "reference": f"real test crops ({len(real_test_f)})",
+    }
+    part("quality")
+
+    # BI-RADS classifier on real data; agreement on generated images
+    tr, te = real["training"], real["test"]
+    yb = torch.tensor([BIRADS.index(b) for b in tr["birads"]])
+    bclf = train_classifier(tr["images"], yb, 4, args.clf_steps)
+    yb_te = [BIRADS.index(b) for b in te["birads"]]
+    pred_te = predict(bclf, te["images"]).argmax(1).tolist()
+    gen_b = [BIRADS.index(it["birads"]) for it in gen_lat["items"]]
+    pred_gen = predict(bclf, gen_lat["images"]).argmax(1).tolist()
+    results["birads_agreement"] = {
+        "classes": BIRADS,
+        "real_test": {"accuracy": float(np.mean(np.array(yb_te) == np.array(pred_te))),
+                      "confusion": confusion(yb_te, pred_te, 4)},
+        "latent_generated": {"accuracy": float(np.mean(np.array(gen_b) == np.array(pred_gen))),
+                             "confusion": confusion(gen_b, pred_gen, 4)},
+        "chance_accuracy": 0.25, "note": "rows = requested / true BI-RADS, columns = predicted",
+    }
+    part("birads_agreement")
+
+    # half-real experiment
+    from busgen_monai.evaluation.stats import delong_ci, delong_test
+    from busgen_monai.evaluation.metrics import auroc
+
+    patients = sorted(set(tr["patient"]))
+    rng = np.random.default_rng(0)
+    keep = set(rng.permutation(patients)[: len(patients) // 2].tolist())
+    half = [i for i, p in enumerate(tr["patient"]) if p in keep]
+    n_syn = len(tr["patient"]) - len(half)
+    if args.max_synthetic:
+        n_syn = min(n_syn, args.max_synthetic)
+    gen_half = generate(ckpt, out / "gen_latent_half", n_syn, data, args.steps, birads=BIRADS, seed=1)
+    y_all = torch.tensor([int(p == "malignant") for p in tr["pathology"]])
+    y_syn = torch.tensor([int(it["pathology"] == "malignant") for it in gen_half["items"]])
+    y_te = np.array([int(p == "malignant") for p in te["pathology"]])
+    arms = {"all_real": (tr["images"], y_all),
+            "half_real_plus_synthetic": (torch.cat([tr["images"][half], gen_half["images"]]),
+                                         torch.cat([y_all[half], y_syn])),
+            "half_real_only": (tr["images"][half], y_all[half])}
+    scores = {}
+    half_res = {"n_real_all": len(y_all), "n_real_half": len(half), "n_synthetic": n_syn}
+    for name, (x, y) in arms.items():
+        clf = train_classifier(x, y, 1, args.clf_steps)
+        s = torch.sigmoid(predict(clf, te["images"])[:, 0]).numpy()
+        scores[name] = s
+        auc, lo, hi = delong_ci(y_te, s)
+        half_res[name] = {"auroc": float(auc), "ci95": [float(lo), float(hi)], "n_train": len(y)}
+        _log(f"half-real arm {name}: AUROC {auc:.3f}")
+    for name in ("half_real_plus_synthetic", "half_real_only"):
+        d = delong_test(y_te, scores["all_real"], scores[name])
+        auc_a, auc_b, z, p_value, _ = d
+        half_res[f"delong_p_all_real_vs_{name}"] = float(p_value)
+        half_res[f"delong_z_all_real_vs_{name}"] = float(z)
+    results["half_real"] = half_res
+    results["half_real"]["synthetic_pathology"] = {p: int(sum(1 for it in gen_half["items"] if it["pathology"] == p))
+                                                  for p in ("benign", "malignant")}
+    results["half_real"]["synthetic_birads"] = {b: int(sum(1 for it in gen_half["items"] if it["birads"] == b))
+                                               for b in BIRADS}
+    part("half_real")
+
+    # privacy audit (busgen-cpsample) of the synthetic half-real set against the training split
+    try:
+        from busgen_cpsample.audit import run_audit
+
+        train_dl = {**{k: v for k, v in data.items() if k not in ("validation", "test")}}
+        summary = run_audit(gen_half["datalist"], train_dl, out / "privacy", progress=False, plots=False,
+                            reference_max=300, compare_size=64)
+        results["privacy"] = {k: summary.get(k) for k in ("n_generated", "n_training", "cosine", "ms_ssim",
+                                                          "reference_training_loo", "near_copies", "passed", "rule")}
+    except Exception as err:  # noqa: BLE001 - reported, not hidden
+        results["privacy"] = {"error": f"{type(err).__name__}: {err}"}
+    part("privacy")
+    results["total_wall_s"] = round(time.time() - t_all, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    md = render_md(results)
+    (out / "results.md").write_text(md)
+    if args.publish:
+        (ROOT / "docs" / "benchmarks").mkdir(parents=True, exist_ok=True)
+        (ROOT / "docs" / "benchmarks" / "latent_results.json").write_text(json.dumps(results, indent=1, default=str))
+        (ROOT / "docs" / "benchmarks" / "latent_results.md").write_text(md)
+    print(md)
+
+
+def _f(v, nd=3):
+    return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def render_md(r: dict) -> str:
+    s, q, b, h, p = r.get("speed", {}), r.get("quality", {}), r.get("birads_agreement", {}), r.get("half_real", {}), \
+        r.get("privacy", {})
+    lines = ["# Latent (autoencoder + DiT) vs pixel generation on BUS-BRA, one CPU thread", "",
+             "Produced by `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_latent.py --out runs/bench_latent "
+             "--publish` (method: the script's docstring). BUS-BRA: Gomez-Flores et al., Medical Physics 2023. "
+             "CoLDiT: Research 2024, DOI 10.34133/research.0532.", "",
+             f"Latent model trained here: autoencoder {r['autoencoder']['steps']} steps "
+             f"({_f(r['autoencoder']['train_s'], 0)} s, validation MAE {_f(r['autoencoder']['val_mae'])}, PSNR "
+             f"{_f(r['autoencoder']['val_psnr_db'], 1)} dB), DiT {_f(r['dit']['parameters_M'], 2)} M parameters, "
+             f"{r['dit']['steps']} steps ({_f(r['dit']['train_s'], 0)} s), latent scale {_f(r['dit']['scale_factor'])}.",
+             "", "## Sampling speed (s/image, same run, side by side)", "",
+             f"DPM-Solver++(2M), {s.get('steps')} steps, batched CFG w = 1.8, batch {s.get('batch')}, "
+             f"{s.get('threads')} thread.", "",
+             "| size | pixel U-Net | latent DiT (incl. decode) | speed-up |", "|---|---|---|---|"]
+    for size in (64, 128):
+        lines.append(f"| {size} px | {_f(s.get(f'pixel_{size}px_s_per_image'))} "
+                     f"({_f(s.get(f'pixel_{size}px_parameters_M'), 1)} M) | "
+                     f"{_f(s.get(f'latent_{size}px_s_per_image'))} ({_f(s.get(f'latent_{size}px_parameters_M'), 1)} M)"
+                     f" | x{_f(s.get(f'speedup_{size}px'), 1)} |")
+    lines += ["", "64 px: the shipped pixel generator and the latent model trained here; 128 px: untrained networks "
+              "of the same architectures (cpu128 pixel preset; latent model at 128 px = 32x32 latents), timing only.",
+              "", "## Quality proxy vs the real test crops (lower is better)", "",
+              "| generator | KID | KID (random net) | NN distance |", "|---|---|---|---|"]
+    for name in ("pixel", "latent"):
+        d = q.get(name, {})
+        lines.append(f"| {name} | {_f(d.get('kid'), 4)} +- {_f(d.get('kid_halves_sd'), 4)} | "
+                     f"{_f(d.get('kid_deep'), 4)} | {_f(d.get('nn_dist'), 2)} |")
+    lines.append(f"| floor: real validation | {_f(q.get('floor_real_validation', {}).get('kid'), 4)} | | |")
+    lines += ["", f"{q.get('n_images')} images per generator, {s.get('steps')} steps each (+- = sd over random "
+              "halves). Offline features (no Inception), not comparable with published FID.", "",
+              "## BI-RADS agreement (classifier trained on real BUS-BRA training crops)", "",
+              f"Real test accuracy {_f(b.get('real_test', {}).get('accuracy'))}; latent generated (requested BI-RADS) "
+              f"accuracy {_f(b.get('latent_generated', {}).get('accuracy'))}; chance 0.25.", "",
+              "Confusion (rows = requested/true 2, 3, 4, 5; columns = predicted):", "",
+              f"- real test: {b.get('real_test', {}).get('confusion')}",
+              f"- latent generated: {b.get('latent_generated', {}).get('confusion')}", "",
+              "## Half real + synthetic (pathology classifier, real test AUROC, DeLong)", "",
+              "| arm | n train | AUROC [95 % CI] |", "|---|---|---|"]
+    for name in ("all_real", "half_real_plus_synthetic", "half_real_only"):
+        d = h.get(name, {})
+        ci = d.get("ci95") or [None, None]
+        lines.append(f"| {name} | {d.get('n_train')} | {_f(d.get('auroc'))} [{_f(ci[0])}, {_f(ci[1])}] |")
+    lines += ["", f"DeLong p (all real vs half real + synthetic): "
+              f"{_f(h.get('delong_p_all_real_vs_half_real_plus_synthetic'))}; (all real vs half real only): "
+              f"{_f(h.get('delong_p_all_real_vs_half_real_only'))}. CoLDiT reported P = 0.81 for its half-synthetic "
+              "arm.", "", f"Synthetic set: pathology {h.get('synthetic_pathology')}, BI-RADS "
+              f"{h.get('synthetic_birads')}.", "", "## Privacy audit (busgen-cpsample, synthetic vs training split)", ""]
+    if "error" in p:
+        lines.append(f"Not run: {p['error']}")
+    else:
+        lines += [f"- generated {p.get('n_generated')} vs training {p.get('n_training')}; near-copies "
+                  f"({p.get('rule')}): {p.get('near_copies')} -> {'PASS' if p.get('passed') else 'FAIL'}",
+                  f"- cosine: {json.dumps(p.get('cosine'), default=str)[:400]}",
+                  f"- MS-SSIM: {json.dumps(p.get('ms_ssim'), default=str)[:400]}",
+                  f"- training leave-one-out reference: {json.dumps(p.get('reference_training_loo'), default=str)[:400]}"]
+    lines += ["", f"Part wall times (s): {r.get('walls_s')}; total {r.get('total_wall_s')} s.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
