@@ -51,7 +51,7 @@ def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_
     from busgen_monai.data.schema import save_datalist
     from busgen_monai.inferers import BoxPrior, load_generator, run_generation
     from busgen_monai.adaptation.adapt import load_adapted_generator
-    from busgen_monai.schedulers import DPMSolverMultistepScheduler
+    from busgen_monai.schedulers import build_scheduler
     from busgen_monai.presets import get_preset
 
     out = Path(out)
@@ -131,9 +131,7 @@ def main(pretrain_epochs: int = 6, adapt_epochs: int = 15, n_adapt: int = 30, n_
     prior = BoxPrior().fit(tosh[:n_adapt], seed=0)
 
     def generate(network, codec, name):
-        sched = DPMSolverMultistepScheduler(num_train_timesteps=preset["num_train_timesteps"], schedule="linear_beta",
-                                            beta_start=preset["beta_start"], beta_end=preset["beta_end"], solver_order=2,
-                                            timestep_spacing="linspace", clip_sample=True)
+        sched = build_scheduler(preset, "dpmpp")
         o = out / name
         run_generation(network, codec, sched, o, n_gen, image_size=32, seed=0, box_prior=prior,
                        pathologies=sorted(prior.pathologies), devices=[TOSHIBA], guidance_w=preset["guidance_w"],

@@ -1,7 +1,7 @@
 """Benchmark of the busgen-classify bundle on BUS-BRA (CPU-sized).
 
 1. builds the BUS-BRA datalist (patient-wise 70/15/15 split, seed 0);
-2. trains the CPU preset (``presets/cpu_tiny``: 0.3 M-parameter ResNet, 64 px, lesion-box crop) and
+2. trains the CPU preset (``preset_cpu_tiny``: 0.3 M-parameter ResNet, 64 px, lesion-box crop) and
    times it;
 3. evaluates the best checkpoint on the test split: AUROC with a 95 % CI from 1,000 bootstrap
    replicates over patients, plus the full clinical report (``<out>/train/eval/report.html``);
@@ -34,7 +34,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bus-bra", default=str(DEFAULT_BUS_BRA), help="BUS-BRA folder (bus_data.csv, Images/, Masks/)")
     p.add_argument("--out", default="runs/bench_classify")
-    p.add_argument("--preset", default="presets/cpu_tiny")
+    p.add_argument("--preset", default="preset_cpu_tiny")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--ks", default="50,100,200,400,800", help="scaling-curve training-set sizes ('' skips the curve)")

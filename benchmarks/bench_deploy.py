@@ -12,7 +12,7 @@
 - **environment size**: the installed size of every distribution the app depends on (the closure of
   ``busgen-deploy``'s requirements in this environment), i.e. what a MAP's Python layer holds.
 
-Two classifiers: the bundle's CPU preset (``presets/cpu_tiny``: 0.3 M-parameter ResNet at 64 px) and the
+Two classifiers: the bundle's CPU preset (``preset_cpu_tiny``: 0.3 M-parameter ResNet at 64 px) and the
 bundle's default (``resnet18`` at 128 px); their weights are random (timing does not depend on them) and are
 written to a temporary folder only.
 
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         import_s = time.perf_counter() - t_imp
         from busgen_deploy.model import BundleClassifier, ModelConfig
 
-        presets = {"cpu_tiny (resnet_tiny, 64 px)": "inference,presets/cpu_tiny",
+        presets = {"cpu_tiny (resnet_tiny, 64 px)": "inference,preset_cpu_tiny",
                    "default (resnet18, 128 px)": "inference"}
         ckpts = {k: make_checkpoint(work, v) for k, v in presets.items()}
         study8 = make_cine_study(work / "s8", 8)
@@ -221,8 +221,8 @@ def main(argv=None) -> int:
         # the optional detector (bus_detector cpu_tiny preset) on top of the default classifier
         from busgen_deploy.detector import BundleDetector, DetectorConfig
 
-        det_ckpt = make_checkpoint(work, "train,presets/cpu_tiny", "bus_detector")
-        det = BundleDetector(DetectorConfig(model_path=str(det_ckpt), configs="train,presets/cpu_tiny"))
+        det_ckpt = make_checkpoint(work, "train,preset_cpu_tiny", "bus_detector")
+        det = BundleDetector(DetectorConfig(model_path=str(det_ckpt), configs="train,preset_cpu_tiny"))
         for n in args.frames:
             r = time_study(studies[n], work / "o", clf, 8, args.repeat, detector=det)
             rows.append({"classifier": f"{label} + detector (bus_detector cpu_tiny)",

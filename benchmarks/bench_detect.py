@@ -133,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             summary = json.loads(done.read_text())  # trained by an earlier run with the same settings
             t_train = float(summary.get("train_seconds") or 0.0)
         else:
-            summary = train(["presets/cpu"], **over)["summary"]
+            summary = train(["preset_cpu"], **over)["summary"]
             t_train = time.time() - t0
         t0 = time.time() - t_train
         tr = {"summary": summary}
         n_items = tr["summary"].get("iterations")
-        rep = evaluate(["presets/cpu"], **over, n_bootstrap=args.n_bootstrap, grid_n=16)
+        rep = evaluate(["preset_cpu"], **over, n_bootstrap=args.n_bootstrap, grid_n=16)
         det = rep["results"]["detection"]
         train_items = load_items(over["train_datalists"], over["train_split"], limit=over.get("train_limit"))
         results["arms"][name] = {"train": count_boxes(train_items), "iterations": n_items,

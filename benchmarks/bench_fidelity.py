@@ -6,7 +6,7 @@ trained on real images, and better on real + generated. This benchmark measures 
 "BUS-BRA: a breast ultrasound dataset for assessing computer-aided diagnosis systems", Medical Physics 2023,
 doi 10.5281/zenodo.7730709) with the project's own pieces: the BUS-BRA loader (patient-wise 70/15/15 split, seed 0),
 the generator (``--checkpoint``, default the shipped ``bundles/busgen_sample/models/model.pt``), the classifier
-bundle ``bus_classifier`` (plugin busgen-classify, ``presets/cpu_tiny``: 0.3 M-parameter ResNet) run through
+bundle ``bus_classifier`` (plugin busgen-classify, ``preset_cpu_tiny``: 0.3 M-parameter ResNet) run through
 ``busgen_monai.bundle_run.run_bundle``, the cleaning plugin and the cpsample privacy audit.
 
 Full scale (the numbers of issue 14, a few hours on a 2-core CPU; resumable - re-run the same command after an
@@ -155,7 +155,7 @@ def subset_datalist(folder: Path, n: int, name: str) -> Path:
 def generate(args, out: Path, real: Path, n_needed: int) -> dict:
     """Generate ``n_needed`` images (resumes; never shrinks an existing, larger set). Returns timing + provenance."""
     from busgen_monai.inferers import file_sha256, generator_settings, load_generator, run_generation
-    from busgen_monai.schedulers import DPMSolverMultistepScheduler
+    from busgen_monai.schedulers import build_scheduler
 
     folder = out / "generated"
     n = max(n_needed, (read_json(folder / "run.json") or {}).get("n", 0))
@@ -164,10 +164,7 @@ def generate(args, out: Path, real: Path, n_needed: int) -> dict:
     settings = generator_settings(ckpt)
     # always called: run_generation skips finished chunks and refuses a folder made with other settings
     net, codec = load_generator(ckpt)
-    scheduler = DPMSolverMultistepScheduler(
-        num_train_timesteps=settings["num_train_timesteps"], schedule="linear_beta", beta_start=settings["beta_start"],
-        beta_end=settings["beta_end"], solver_order=2, timestep_spacing="linspace", clip_sample=True,
-        prediction_type=settings.get("prediction_type", "epsilon"))
+    scheduler = build_scheduler(settings, "dpmpp")
     log(f"generation: {n} images ({settings['image_size']} px, {args.steps} DPM-Solver++ steps, "
         f"w={settings['guidance_w']}) in {folder}")
     t0 = time.perf_counter()
@@ -449,7 +446,7 @@ def main() -> int:
     p.add_argument("--settings", default="crop,whole", help="crop, whole or both (comma-separated)")
     p.add_argument("--no-4x", action="store_true", help="skip the 4x generated-only arm")
     p.add_argument("--image-size", type=int, default=64, help="classifier input size for every arm")
-    p.add_argument("--preset", default="presets/cpu_tiny", help="bus_classifier preset")
+    p.add_argument("--preset", default="preset_cpu_tiny", help="bus_classifier preset")
     p.add_argument("--select", choices=("best", "final"), default="best",
                    help="test the best real-validation checkpoint or the last one")
     p.add_argument("--n-boot", type=int, default=1000, help="patient-bootstrap replicates")

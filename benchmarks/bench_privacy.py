@@ -47,12 +47,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from monai.networks.schedulers import DDIMScheduler
-
     from busgen_monai.bundle_run import run_bundle
     from busgen_monai.inferers import load_generator, run_generation
     from busgen_monai.presets import build_scheduler, get_preset
-    from busgen_monai.schedulers import DPMSolverMultistepScheduler
 
     from busgen_cpsample.audit import run_audit
     from busgen_cpsample.guard import CPSamplingGuard
@@ -87,10 +84,8 @@ def main() -> int:
     mia_loss = loss_attack(network, members, non_members, build_scheduler(preset), n_noise=2)
 
     samplers = {
-        "ddim50_w0": (lambda: DDIMScheduler(500, schedule="linear_beta", beta_start=1e-4, beta_end=0.028,
-                                            clip_sample=True), 50, 0.0),
-        "dpm20_w1.8": (lambda: DPMSolverMultistepScheduler(500, schedule="linear_beta", beta_start=1e-4,
-                                                           beta_end=0.028), 20, 1.8),
+        "ddim50_w0": (lambda: build_scheduler(preset, "ddim"), 50, 0.0),
+        "dpm20_w1.8": (lambda: build_scheduler(preset, "dpmpp"), 20, 1.8),
     }
     strengths = [float(s) for s in args.strengths.split(",") if s]
     guards = [("none", None)] + [(f"s{s:g}", {"strength": s}) for s in strengths[:2]] + \

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BETAS = {"schedule": "linear_beta", "beta_start": 1e-4, "beta_end": 0.028}
+# the noise schedule every preset trains with (sampler factory input)
+SCHEDULE = {"num_train_timesteps": 500, "beta_start": 1e-4, "beta_end": 0.028}
 ANCHOR_S_PER_IMAGE = 547.0  # public BUSGen code, 128 px, 2 threads (developers' guide)
 
 
@@ -146,10 +147,8 @@ def _sample(net, codec, scheduler, steps, noise, cond, batched, w=1.8, autocast=
 
 
 def part_tiny(args, out: Path) -> dict:
-    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
-
     from busgen_monai.inferers import load_generator, plan_conditions
-    from busgen_monai.schedulers import DPMSolverMultistepScheduler
+    from busgen_monai.schedulers import build_scheduler
 
     model = Path(args.checkpoint) if args.checkpoint else _train_tiny(out, args.epochs)
     net, codec = load_generator(model, "tiny")
@@ -164,10 +163,10 @@ def part_tiny(args, out: Path) -> dict:
     fnet = _feature_net()
     real_f = _features(real, fnet)
     samplers = {
-        "DDPM (all 500 steps)": (lambda: DDPMScheduler(500, clip_sample=True, **BETAS), 500),
-        "DDIM 50": (lambda: DDIMScheduler(500, clip_sample=True, **BETAS), 50),
-        "DPM-Solver++ 20": (lambda: DPMSolverMultistepScheduler(500, clip_sample=True, **BETAS), 20),
-        "DPM-Solver++ 10": (lambda: DPMSolverMultistepScheduler(500, clip_sample=True, **BETAS), 10),
+        "DDPM (all 500 steps)": (lambda: build_scheduler(SCHEDULE, "ddpm"), 500),
+        "DDIM 50": (lambda: build_scheduler(SCHEDULE, "ddim"), 50),
+        "DPM-Solver++ 20": (lambda: build_scheduler(SCHEDULE, "dpmpp"), 20),
+        "DPM-Solver++ 10": (lambda: build_scheduler(SCHEDULE, "dpmpp"), 10),
     }
     rows = {}
     for name, (make, steps) in samplers.items():
@@ -200,7 +199,7 @@ def part_tiny(args, out: Path) -> dict:
 def part_paper(args) -> dict:
     from busgen_monai.networks import ConditionCodec
     from busgen_monai.presets import build_network
-    from busgen_monai.schedulers import DPMSolverMultistepScheduler
+    from busgen_monai.schedulers import build_scheduler
 
     codec = ConditionCodec()
     net = build_network("paper", codec).eval()
@@ -214,7 +213,7 @@ def part_paper(args) -> dict:
             fwd2 = time.perf_counter() - t0
         for steps in args.paper_steps:
             t0 = time.perf_counter()
-            _sample(net, codec, DPMSolverMultistepScheduler(500, **BETAS), steps, noise, cond, True, autocast=args.bf16)
+            _sample(net, codec, build_scheduler(SCHEDULE, "dpmpp"), steps, noise, cond, True, autocast=args.bf16)
             dt = time.perf_counter() - t0
             res[f"{size}px DPM-Solver++ {steps} (batched CFG)"] = {
                 "s_per_image": dt, "forward_2x_s": fwd2,

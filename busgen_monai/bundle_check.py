@@ -115,6 +115,17 @@ def declared_keys(config_files: Sequence[str | Path]) -> dict[str, Any]:
     return merged.get()
 
 
+def _get_path(cfg: Any, parts: Sequence[str]) -> Any:
+    for part in parts:
+        if isinstance(cfg, Mapping) and part in cfg:
+            cfg = cfg[part]
+        elif isinstance(cfg, list) and part.isdigit() and int(part) < len(cfg):
+            cfg = cfg[int(part)]
+        else:
+            return None
+    return cfg
+
+
 def _has_path(cfg: Any, parts: Sequence[str]) -> bool:
     for part in parts:
         if isinstance(cfg, Mapping) and part in cfg:
@@ -124,6 +135,25 @@ def _has_path(cfg: Any, parts: Sequence[str]) -> bool:
         else:
             return False
     return True
+
+
+def _target_params(node: Any) -> set[str]:
+    """Parameter names of the callable a ``{"_target_": "pkg.mod.name", ...}`` component names (its signature,
+    ``__signature__`` included), so ``--network_def#dropout 0.1`` is accepted for any argument the component takes
+    even when the config leaves it at its default. Only dotted targets in :data:`ALLOWED_PACKAGES` are looked up
+    (importing a module of the project, MONAI or torch; nothing from the config runs). Empty when unknown."""
+    import inspect
+    import pydoc
+
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    if not isinstance(target, str) or "." not in target or target.split(".")[0] not in ALLOWED_PACKAGES:
+        return set()
+    try:
+        obj = pydoc.locate(target)
+        params = inspect.signature(obj).parameters.values() if obj is not None else ()
+    except (TypeError, ValueError, ImportError):
+        return set()
+    return {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
 def _suggest(key: str, keys: Iterable[str]) -> str:
@@ -237,7 +267,8 @@ def validate_overrides(config_files: Sequence[str | Path], overrides: Mapping[st
         if key in ignore:
             continue
         parts = key.split("#")
-        if not _has_path(declared, parts):
+        parent = _get_path(declared, parts[:-1]) if len(parts) > 1 else None
+        if not _has_path(declared, parts) and not (len(parts) > 1 and parts[-1] in _target_params(parent)):
             hint = _suggest(key, [k for k in declared if not str(k).startswith("_")])
             fix = f"did you mean --{hint}?" if hint else "run `busgen bundles` to list configs; see the bundle's README"
             raise BundleConfigError(f"unknown config key {key!r} for {where}: {fix}")

@@ -7,7 +7,9 @@ benchmarks call :func:`run_bundle` from here (no module imports :mod:`busgen_mon
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def _configs_of(bundle: Path) -> list[str]:
 
 
 def resolve_configs(bundle: Path, config: str) -> list[Path]:
-    """Config files for ``config``: a name (``train``), a comma list merged in order (``train,presets/tiny``), or
+    """Config files for ``config``: a name (``train``), a comma list merged in order (``train,preset_tiny``), or
     paths; each preceded by the configs it extends (``"_base_"``, see :func:`config_bases`)."""
     files: list[Path] = []
     for part in config.split(","):
@@ -81,6 +83,26 @@ def parse_overrides(extra: Sequence[str]) -> dict:
 
 
 
+class _ConfigRootNotice(logging.Filter):
+    """Drops MONAI's "Not all config files are in <dir>" notice. MONAI logs it whenever a config list spans two
+    folders (an overlay's ``"_base_"`` in another bundle); it only matters when ``meta_file``/``logging_file`` are
+    left to default to the first file's folder, and the runners here always pass both explicitly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("Not all config files are in")
+
+
+@contextlib.contextmanager
+def _explicit_config_root():
+    log = logging.getLogger("monai.bundle.workflows")
+    notice = _ConfigRootNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
+
+
 def run_bundle(bundle: str | Path, config: str, run_id: str = "run", **overrides) -> None:
     """Run a bundle config in this process through ``monai.bundle.run`` (bundle root, metadata, logging set)."""
     bundle = resolve_bundle(str(bundle))
@@ -98,13 +120,14 @@ def run_bundle(bundle: str | Path, config: str, run_id: str = "run", **overrides
     kwargs.update(overrides)
     from monai.bundle import run
 
-    run(run_id=run_id, config_file=[str(f) for f in files] if len(files) > 1 else str(files[0]), **kwargs)
+    with _explicit_config_root():
+        run(run_id=run_id, config_file=[str(f) for f in files] if len(files) > 1 else str(files[0]), **kwargs)
 
 
 def bundle_workflow(bundle: str | Path, configs: str | Sequence[str | Path], overrides: dict | None = None, *,
                     run: bool = True, logging_file: str | bool | None = False, workflow_type: str | None = None):
     """A ``monai.bundle.ConfigWorkflow`` of a bundle (name or folder) from config names or paths merged in order
-    (``"train,evaluate"`` or ``["train", "presets/cpu"]``; ``"_base_"`` followed) and overrides, validated first
+    (``"train,evaluate"`` or ``["train", "preset_cpu"]``; ``"_base_"`` followed) and overrides, validated first
     (unknown keys, types, ranges). Initialised, and unless ``run=False`` also run and finalised. Returns the
     workflow: ``wf.parser.get_parsed_content(id)`` gives any object it built. For code that needs the objects a
     bundle builds (plugins' Python APIs, tests); :func:`run_bundle` is the same as a command."""
@@ -118,9 +141,10 @@ def bundle_workflow(bundle: str | Path, configs: str | Sequence[str | Path], ove
     overrides = dict(overrides or {})
     validate_overrides(files, overrides, bundle=root.name)
     meta = root / "configs" / "metadata.json"
-    wf = ConfigWorkflow(config_file=[str(f) for f in files], meta_file=str(meta) if meta.is_file() else None,
-                        logging_file=logging_file, workflow_type=workflow_type,
-                        **{"bundle_root": str(root), **overrides})
+    with _explicit_config_root():
+        wf = ConfigWorkflow(config_file=[str(f) for f in files], meta_file=str(meta) if meta.is_file() else None,
+                            logging_file=logging_file, workflow_type=workflow_type,
+                            **{"bundle_root": str(root), **overrides})
     wf.initialize()
     if run:
         wf.run()

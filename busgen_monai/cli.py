@@ -160,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a bundle config through monai.bundle",
                        description="Run BUNDLE's CONFIG with `monai.bundle.run`, bundle_root/meta/logging set. "
                        "Extra --key value pairs override config entries (values parsed as JSON when possible). "
-                       "Example: busgen run busgen_pretrain train,presets/tiny --datalist d.json --output_dir runs/x")
+                       "Example: busgen run busgen_pretrain train,preset_tiny --datalist d.json --output_dir runs/x")
     r.add_argument("bundle", help="bundle name (see `busgen bundles`) or folder")
-    r.add_argument("config", help="config name (train, inference) or comma list merged in order (train,presets/tiny)")
+    r.add_argument("config", help="config name (train, inference) or comma list merged in order (train,preset_tiny)")
     r.add_argument("--run-id", default="run", help="the config entry to run (default: run)")
 
     ph = sub.add_parser("phantom", help="write a phantom data set / PACS export",
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Generate labelled images with the sample bundle. Default generator: the one "
                         "the project ships (64 px, trained on the BUS-BRA training split; docs/model_card.md). "
                         "Pathologies are balanced; devices follow the training data's mix unless listed. "
+                        "Any other key of the sample bundle (bundles/busgen_sample/configs/inference.json) is "
+                        "passed as --key value and checked against the bundle, e.g. --sampler ddim, --use_ema false. "
                         "Example: busgen sample out --n 64 --pathology malignant --device GE-LOGIQ-7")
     sm.add_argument("out", help="output folder (images/, datalist.json, sample_grid.png, run.json)")
     sm.add_argument("--n", type=int, default=64, help="number of images (default 64)")
@@ -248,10 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--datalist", default=None, help="datalist whose training split gives the devices, their mix "
                     "and the box prior")
     sm.add_argument("--box-prior", default=None, help="box_prior.json (default: the one next to the checkpoint)")
-    sm.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps (default 20)")
+    sm.add_argument("--steps", type=int, default=None, help="solver steps (default: the bundle's num_inference_steps)")
     sm.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
     sm.add_argument("--seed", type=int, default=0)
-    sm.add_argument("--chunk-size", type=int, default=16, help="images per sampler batch (default 16)")
+    sm.add_argument("--chunk-size", type=int, default=None, help="images per sampler batch (default: the bundle's "
+                    "chunk_size)")
     sm.add_argument("--device-mix", choices=["data", "uniform"], default="data",
                     help="device shares when devices are not listed: the training data's mix (default) or equal")
     sm.add_argument("--force", action="store_true", help="start over in a folder holding a run with other settings")
@@ -307,8 +310,12 @@ def cmd_sample(args) -> int:
 
     ckpt = Path(args.checkpoint) if args.checkpoint else default_generator()
     overrides: dict = {"checkpoint": str(ckpt), "output_dir": str(Path(args.out).resolve()), "num_images": args.n,
-                       "seed": args.seed, "num_inference_steps": args.steps, "chunk_size": args.chunk_size,
-                       "device_mix": args.device_mix, "force": args.force, "progress": not args.quiet}
+                       "seed": args.seed, "device_mix": args.device_mix, "force": args.force,
+                       "progress": not args.quiet}
+    # options without a value here keep the bundle's default: each sampling default is declared once, in the bundle
+    for key, value in (("num_inference_steps", args.steps), ("chunk_size", args.chunk_size)):
+        if value is not None:
+            overrides[key] = value
     if args.guidance is not None:
         overrides["guidance_w"] = args.guidance
     if args.pathology:
@@ -337,6 +344,11 @@ def cmd_sample(args) -> int:
         overrides["devices"] = devices
     if args.box:
         overrides["boxes"] = [[float(v) for v in args.box.split(",")]]
+    extra = getattr(args, "bundle_overrides", None) or {}
+    clash = sorted(set(extra) & set(overrides))
+    if clash:
+        raise ValueError(f"--{clash[0]} is set by this command's own option; use that option instead")
+    overrides.update(extra)
     run_bundle("busgen_sample", "inference", **overrides)
     print(f"images: {Path(args.out) / 'images'}\ndatalist: {Path(args.out) / 'datalist.json'}\n"
           f"grid: {Path(args.out) / 'sample_grid.png'}")
@@ -453,7 +465,7 @@ def _main(argv: list[str]) -> int:
         commands = discover_plugins().commands()
         if argv[0] in commands:
             return _delegate(commands[argv[0]][1], argv[1:])
-    if argv and argv[0] == "run":
+    if argv and argv[0] in ("run", "sample"):
         args, extra = parser.parse_known_args(argv)
     else:
         args, extra = parser.parse_args(argv), []
@@ -466,6 +478,8 @@ def _main(argv: list[str]) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, extra)
+        if args.command == "sample":  # bundle keys pass through: --sampler ddim, --use_ema false, ...
+            args.bundle_overrides = parse_overrides(extra)
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"busgen {args.command}: error: {err}", file=sys.stderr)

@@ -179,7 +179,7 @@ def _deploy(stage_dir: Path, pacs_export: str, model: str) -> dict:
     Secondary Capture per study."""
     run_app = _plugin_object("deploy", "busgen_deploy.app.run_app")
     model_config = _plugin_object("deploy", "busgen_deploy.model.ModelConfig")
-    report = run_app(pacs_export, stage_dir / "out", model_config(configs="inference,presets/cpu_tiny",
+    report = run_app(pacs_export, stage_dir / "out", model_config(configs="inference,preset_cpu_tiny",
                                                                   model_path=model))
     return {"studies_written": len(report.get("written", [])), "studies_failed": len(report.get("failed", []))}
 
@@ -326,11 +326,11 @@ STAGES: list[Stage] = [
           outputs={"datalist": "datalist.json", "summary": "summary.json", "rejects_grid": "rejects_grid.png"},
           summarize=_clean_summary),
     Stage("classify_train", "downstream classifier trained on the cleaned generated set", bundle="bus_classifier",
-          config="train,presets/cpu_tiny",
+          config="train,preset_cpu_tiny",
           inputs={"datalists": ["phantom.datalist"], "train_datalists": ["clean.datalist"]},
           params={"max_epochs": 8}, outputs={"model": "models/model.pt"}),
     Stage("classify", "the classifier evaluated on the phantom's real test split: clinical report",
-          bundle="bus_classifier", config="train,evaluate,presets/cpu_tiny",
+          bundle="bus_classifier", config="train,evaluate,preset_cpu_tiny",
           inputs={"model_path": "classify_train.model", "datalists": ["phantom.datalist"],
                   "train_datalists": ["clean.datalist"]},
           params={"n_bootstrap": 1000, "max_epochs": 8},
@@ -338,20 +338,20 @@ STAGES: list[Stage] = [
     Stage("normals", "lesion-free phantom images for the detector (its false positives on normal tissue)",
           run=_normals, outputs={"datalist": "dataset/datalist.json"}),
     Stage("detect_train", "lesion detector (RetinaNet) trained on the cleaned generated set, its conditioning boxes as "
-          "labels, plus lesion-free images", bundle="bus_detector", config="train,presets/cpu_tiny",
+          "labels, plus lesion-free images", bundle="bus_detector", config="train,preset_cpu_tiny",
           inputs={"datalists": ["phantom.datalist", "normals.datalist"],
                   "train_datalists": ["clean.datalist", "normals.datalist"]},
           params={"max_epochs": 10}, outputs={"model": "models/model_final.pt"}),
     Stage("detect", "the detector on the phantom's real test split: AP@0.5, AP_small, FROC, false positives on normals",
-          bundle="bus_detector", config="train,evaluate,presets/cpu_tiny",
+          bundle="bus_detector", config="train,evaluate,preset_cpu_tiny",
           inputs={"model_path": "detect_train.model", "datalists": ["phantom.datalist", "normals.datalist"]},
           params={"n_bootstrap": 1000}, outputs={"report": "eval/report.json", "html": "eval/report.html"},
           summarize=_detect_summary),
     Stage("nyu_train", "NYU-style breast-level model (saliency, top-t % pooling, gated attention) on breast labels",
-          bundle="nyu_breast", config="train,presets/cpu_tiny", inputs={"datalists": ["phantom.datalist"]},
+          bundle="nyu_breast", config="train,preset_cpu_tiny", inputs={"datalists": ["phantom.datalist"]},
           params={"group_by": "patient", "max_epochs": 10}, outputs={"model": "models/model.pt"}),
     Stage("nyu", "breast-level report, localisation against the lesion masks, hybrid reader model",
-          bundle="nyu_breast", config="train,evaluate,presets/cpu_tiny",
+          bundle="nyu_breast", config="train,evaluate,preset_cpu_tiny",
           inputs={"model_path": "nyu_train.model", "datalists": ["phantom.datalist"]},
           params={"group_by": "patient", "n_bootstrap": 1000},
           outputs={"report": "eval/report.json", "html": "eval/report.html"}, summarize=_nyu_summary),

@@ -188,8 +188,14 @@ def network_kwargs(preset: dict[str, Any]) -> dict[str, Any]:
     return {k: copy.deepcopy(preset[k]) for k in _NETWORK_KEYS}
 
 
-def build_network(preset: dict[str, Any] | str, codec=None, **kwargs: Any):
-    """Build the preset's :class:`~busgen_monai.networks.ConditionalDiffusionUNet` (table sizes from ``codec``)."""
+def _build_network_impl(preset: dict[str, Any] | str, codec=None, **kwargs: Any):
+    """Build the preset's :class:`~busgen_monai.networks.ConditionalDiffusionUNet` (table sizes from ``codec``).
+
+    The one definition of the generator network: the pretrain bundle's ``network_def`` (which adapt and every
+    packaged bundle inherit) is ``{"_target_": "busgen_monai.presets.build_network", "preset": "@preset", ...}``,
+    and Python users, tests and benchmarks call it too. ``kwargs`` override single network arguments (a bundle's
+    ``--network_def#channels "[32, 64]"`` arrives here); sampling rebuilds the network from the arguments saved in
+    the checkpoint instead (:func:`busgen_monai.inferers.load_generator`)."""
     from busgen_monai.networks import ConditionalDiffusionUNet, ConditionCodec
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
@@ -199,20 +205,46 @@ def build_network(preset: dict[str, Any] | str, codec=None, **kwargs: Any):
     return ConditionalDiffusionUNet(**args)
 
 
-def build_scheduler(preset: dict[str, Any] | str, kind: str = "ddpm", num_inference_steps: int | None = None):
-    """The preset's noise scheduler (``ddpm`` for training, ``ddim`` for fast validation sampling)."""
-    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+class _BuildNetwork:
+    """Callable behind :func:`build_network` whose ``__signature__`` lists the network's arguments (computed on
+    first use: importing the networks package here would import MONAI's networks with the presets)."""
+
+    __qualname__ = "build_network"
+
+    def __call__(self, preset: dict[str, Any] | str, codec=None, **kwargs: Any):
+        return _build_network_impl(preset, codec, **kwargs)
+
+    @property
+    def __signature__(self):
+        return _build_network_signature()
+
+
+
+build_network = _BuildNetwork()
+build_network.__doc__ = _build_network_impl.__doc__
+build_network.__name__ = "build_network"
+
+
+def _build_network_signature():
+    """``build_network``'s signature as tools see it: ``preset``, ``codec`` and every keyword argument of
+    :class:`~busgen_monai.networks.ConditionalDiffusionUNet` (the bundle config checker accepts
+    ``--network_def#<argument>`` overrides from it)."""
+    import inspect
+
+    from busgen_monai.networks import ConditionalDiffusionUNet
+
+    own = list(inspect.signature(_build_network_impl).parameters.values())[:2]
+    net = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in inspect.signature(ConditionalDiffusionUNet.__init__).parameters.values()
+           if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return inspect.Signature(own + net)
+
+
+def build_scheduler(preset: dict[str, Any] | str, kind: str = "ddpm", num_inference_steps: int | None = None,
+                    **overrides: Any):
+    """The preset's scheduler: :func:`busgen_monai.schedulers.build_scheduler` (``kind`` ``ddpm`` for training,
+    ``ddim`` for validation grids, ``dpmpp`` for sampling) with a preset name accepted too."""
+    from busgen_monai.schedulers import build_scheduler as _build
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[kind]
-    sched = cls(
-        num_train_timesteps=preset["num_train_timesteps"],
-        schedule="linear_beta",
-        beta_start=preset["beta_start"],
-        beta_end=preset["beta_end"],
-        prediction_type="epsilon",
-        clip_sample=True,
-    )
-    if num_inference_steps is not None:
-        sched.set_timesteps(num_inference_steps)
-    return sched
+    return _build(preset, kind, num_inference_steps, **overrides)

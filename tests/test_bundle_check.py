@@ -31,6 +31,19 @@ def test_misspelled_training_key_is_refused():
         validate_overrides([PRETRAIN], {"max_epoch": 1}, bundle="busgen_pretrain")
 
 
+def test_network_arguments_are_overridable_through_the_one_network_definition():
+    """``network_def`` is ``presets.build_network``: every network argument is a valid ``network_def#...`` override
+    (taken from the network's signature), a misspelled one is refused, and the built network has the value."""
+    from busgen_monai.presets import build_network
+
+    validate_overrides([PRETRAIN], {"network_def#dropout": 0.1, "network_def#channels": [8, 16]}, bundle="busgen_pretrain")
+    with pytest.raises(BundleConfigError, match="unknown config key 'network_def#dropuot'"):
+        validate_overrides([PRETRAIN], {"network_def#dropuot": 0.1}, bundle="busgen_pretrain")
+    net = build_network("tiny", dropout=0.1, channels=[8, 16], norm_num_groups=4)
+    assert net.init_args["dropout"] == 0.1 and list(net.init_args["channels"]) == [8, 16]
+    assert json.loads(PRETRAIN.read_text())["network_def"]["_target_"] == "busgen_monai.presets.build_network"
+
+
 @pytest.mark.parametrize("overrides,match", [
     ({"guidance_w": -3}, "guidance_w=-3 is out of range"),
     ({"chunk_size": 0}, "chunk_size=0 is out of range"),

@@ -53,3 +53,20 @@ def test_one_command_makes_images_with_the_requested_conditions(tmp_path, capsys
     # an unknown device is one clear error naming it
     rc = main(["sample", str(tmp_path / "bad"), "--n", "2", "--steps", "2", "--device", "Nope-9000", "--quiet"])
     assert rc != 0 and "Nope-9000" in capsys.readouterr().err
+
+
+def test_sample_command_passes_other_bundle_keys_through(tmp_path, capsys):
+    """`busgen sample` declares no copy of the bundle's keys: any other key passes as --key value (here the sampler
+    and the chunk size) and is checked against the bundle; a misspelled one is refused naming the right key."""
+    torch.set_num_threads(1)
+    out = tmp_path / "ddim"
+    rc = main(["sample", str(out), "--n", "2", "--steps", "3", "--sampler", "ddim", "--device", "GE-LOGIQ-7",
+               "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    items = json.loads((out / "datalist.json").read_text())["training"]
+    assert items[0]["provenance"]["sampler"] == "DDIMScheduler" and items[0]["provenance"]["steps"] == 3, run
+    rc = main(["sample", str(tmp_path / "bad"), "--n", "2", "--samplr", "ddim", "--quiet"])
+    assert rc != 0 and "did you mean --sampler" in capsys.readouterr().err
+    rc = main(["sample", str(tmp_path / "bad2"), "--n", "2", "--num_images", "3", "--quiet"])
+    assert rc != 0 and "--num_images is set by this command's own option" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_wheel_install_runs_bundles_pretrain_sample_adapt_package_verify(tmp_pat
     datalist = work / "ph" / "dataset" / "datalist.json"
     common = ["--num_workers", "0", "--progress_bar", "false", "--val_num_items", "2", "--sample_steps", "2",
               "--batch_size", "4", "--max_epochs", "1", "--epoch_length", "2"]
-    _run([busgen, "run", "busgen_pretrain", "train,presets/tiny", "--datalist", datalist, "--output_dir", "pre",
+    _run([busgen, "run", "busgen_pretrain", "train,preset_tiny", "--datalist", datalist, "--output_dir", "pre",
           *common], work, env)
     ckpt = sorted((work / "pre" / "models").glob("*.pt"))
     assert ckpt, list((work / "pre").rglob("*"))

@@ -6,7 +6,7 @@ Random transforms follow the TorchIO pattern: they only draw parameters and call
 (:class:`RandBoxSquareCropd` -> :class:`BoxSquareCropd`, :class:`RandBoxFlipd` -> :class:`BoxFlipd`,
 :class:`RandIntensityJitterd` -> :class:`IntensityJitterd`), so augmentations are reproducible and testable.
 
-A training pipeline (what the pretrain bundle's ``train#preprocessing`` lists, see :func:`bus_train_transforms`)::
+The training pipeline (:func:`bus_train_transforms`, which the bundles' ``preprocessing`` keys call)::
 
     LoadUltrasoundImaged("image", channels=1)  # (1, H, W) float, 0..255 (grey B-mode; channels=3 for RGB)
     ScaleIntensityRanged("image", 0, 255, -1, 1)
@@ -17,7 +17,7 @@ A training pipeline (what the pretrain bundle's ``train#preprocessing`` lists, s
     RandIntensityJitterd("image", prob=0.8)
     BoxMaskd()                              # "box_mask": (1, S, S) from the final boxes
     EncodeConditionsd(codec)                # "cond": (1, K) packed pathology/device/birads/boxes
-    SelectItemsd(["image", "box_mask", "cond"])
+    SelectItemsd(["image", "box_mask", "cond"]), EnsureTyped(float32)
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
+    EnsureTyped,
     MapTransform,
     RandomizableTransform,
     Resized,
@@ -417,7 +418,7 @@ class EncodeConditionsd(MapTransform):
 
 # ---------------------------------------------------------------------------------------------- pipelines
 def bus_train_transforms(
-    codec: ConditionCodec,
+    codec: ConditionCodec | None,
     image_size: int,
     load_size: int | None = None,
     augment: bool = True,
@@ -426,12 +427,22 @@ def bus_train_transforms(
     intensity_prob: float = 0.8,
     brightness: float = 0.1,
     contrast: float = 0.2,
-    use_birads: bool = True,
-    keep_keys: Sequence[str] = ("image", "box_mask", "cond"),
+    use_birads: bool = False,
+    keep_keys: Sequence[str] | None = None,
     image_channels: int = 1,
+    extra: Sequence[Any] = (),
 ) -> Compose:
-    """The pretrain bundle's preprocessing as a :class:`monai.transforms.Compose` (``augment=False``: the centred
-    square crop, no flip, no jitter; for validation)."""
+    """The generator's preprocessing: the one definition the pretrain bundle's ``train#preprocessing`` and
+    ``validate#preprocessing`` (and so adapt and every packaged bundle), the CPSampling protector bundle and Python
+    users call, so a crop size or augmentation change is one edit.
+
+    Load (grey by default) -> [-1, 1] -> shrink the longest side to ``load_size`` (default ``2 * image_size``) ->
+    a square crop that keeps every lesion box (random, at least ``min_crop_scale`` of the short side, when
+    ``augment``; centred and full otherwise) -> ``image_size`` square -> with ``augment`` a box-aware flip and
+    intensity jitter -> ``extra`` transforms (e.g. a plugin's device augmentation) -> the box mask and packed
+    conditions (``codec`` given; ``None`` skips both, for image-only users such as the protector) -> only
+    ``keep_keys`` (default ``image, box_mask, cond``, or ``image`` without a codec), as float32 tensors.
+    """
     load_size = int(load_size or 2 * image_size)
     xforms: list = [
         LoadUltrasoundImaged("image", channels=image_channels),
@@ -450,7 +461,10 @@ def bus_train_transforms(
             BoxSquareCropd("image", "boxes", min_scale=1.0),
             Resized("image", spatial_size=(image_size, image_size), mode="area"),
         ]
-    xforms += [BoxMaskd("boxes", "box_mask", "image"), EncodeConditionsd(codec, "cond", use_birads)]
-    if keep_keys:
-        xforms.append(SelectItemsd(list(keep_keys)))
+    xforms += list(extra or ())
+    if codec is not None:
+        xforms += [BoxMaskd("boxes", "box_mask", "image"), EncodeConditionsd(codec, "cond", use_birads)]
+    keep = list(keep_keys) if keep_keys is not None else (["image", "box_mask", "cond"] if codec is not None
+                                                           else ["image"])
+    xforms += [SelectItemsd(keep), EnsureTyped(keep, dtype=torch.float32, track_meta=False)]
     return Compose(xforms)

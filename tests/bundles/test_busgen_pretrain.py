@@ -58,7 +58,7 @@ def test_configs_parse_presets_and_metadata(datalist):
     from busgen_monai.networks import ConditionalDiffusionUNet, count_parameters
 
     parser = ConfigParser()
-    parser.read_config([str(TRAIN), str(CONFIGS / "presets" / "tiny.json")])
+    parser.read_config([str(TRAIN), str(CONFIGS / "preset_tiny.json")])
     parser["datalist"] = str(datalist)
     parser["bundle_root"] = str(BUNDLE)
     assert parser.get_parsed_content("image_size") == 32
@@ -76,7 +76,7 @@ def test_configs_parse_presets_and_metadata(datalist):
     assert subprocess.run(["git", "check-ignore", "-q", str(out / "models" / "x.pt")], cwd=ROOT).returncode == 0
     for name, size in (("paper", 160), ("toy", 128)):
         p = ConfigParser()
-        p.read_config([str(TRAIN), str(CONFIGS / "presets" / f"{name}.json")])
+        p.read_config([str(TRAIN), str(CONFIGS / f"preset_{name}.json")])
         assert p.get_parsed_content("image_size") == size and p.get_parsed_content("guidance_w") == 1.8
     assert ConfigParser.load_config_file(str(TRAIN))["preset_name"] == "paper"
     multi = ConfigParser.load_config_file(str(MULTI))

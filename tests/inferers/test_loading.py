@@ -34,7 +34,7 @@ def trained_with_overrides(tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("overrides")
     datalist = write_dataset(tmp / "phantom", n=16, seed=0, size=(32, 32))
-    run_bundle("busgen_pretrain", "train,presets/tiny", datalist=str(datalist), output_dir=str(tmp / "run"),
+    run_bundle("busgen_pretrain", "train,preset_tiny", datalist=str(datalist), output_dir=str(tmp / "run"),
                max_epochs=1, epoch_length=2, batch_size=2, num_workers=0, progress_bar=False, val_interval=5,
                sample_interval=5, image_size=24, **{"network_def#channels": [8, 16], "network_def#norm_num_groups": 4})
     return resolve_checkpoint(tmp / "run" / "models"), datalist, tmp

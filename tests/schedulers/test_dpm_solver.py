@@ -382,3 +382,25 @@ def test_dynamic_thresholding_clips_x0():
     clip.set_timesteps(10)
     _, out = clip.step(x0, clip.timesteps[0], torch.zeros_like(x0))
     torch.testing.assert_close(out, x0.clamp(-1, 1), atol=0, rtol=0)
+
+
+def test_sampler_factory_builds_each_kind_with_the_generator_schedule():
+    """One factory for every scheduler: the kinds, the schedule read from settings, overrides, clear errors."""
+    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+    from busgen_monai.presets import build_scheduler as preset_scheduler
+    from busgen_monai.schedulers import DPMSolverMultistepScheduler, build_scheduler
+
+    settings = {"num_train_timesteps": 300, "beta_start": 2e-4, "beta_end": 0.02, "image_size": 64}
+    ddpm, ddim = build_scheduler(settings, "ddpm"), build_scheduler(settings, "ddim", 10)
+    dpm = build_scheduler(settings, "dpm++", 7, solver_order=1)
+    assert isinstance(ddpm, DDPMScheduler) and isinstance(ddim, DDIMScheduler)
+    assert isinstance(dpm, DPMSolverMultistepScheduler) and dpm.solver_order == 1 and len(dpm.timesteps) == 7
+    assert len(ddim.timesteps) == 10 and ddpm.num_train_timesteps == 300
+    assert torch.isclose(ddpm.betas[0], torch.tensor(2e-4)) and torch.isclose(ddpm.betas[-1], torch.tensor(0.02))
+    assert torch.equal(ddpm.alphas_cumprod, dpm.alphas_cumprod)
+    assert preset_scheduler("tiny", "dpmpp").num_train_timesteps == 500
+    with pytest.raises(ValueError, match="unknown sampler 'euler'.*--sampler"):
+        build_scheduler(settings, "euler")
+    with pytest.raises(ValueError, match=r"lack \['beta_end'\]"):
+        build_scheduler({"num_train_timesteps": 10, "beta_start": 1e-4}, "ddpm")

@@ -9,7 +9,7 @@ checkpoint) and compares their outputs on random inputs.
 Command line::
 
     busgen classify-export --ckpt runs/bus_classifier/models/model.pt --out model.ts \\
-        --config train,presets/cpu_tiny [--set backbone=resnet18 ...]
+        --config train,preset_cpu_tiny [--set backbone=resnet18 ...]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The job is resumable: runs already in ``scaling.json`` are skipped when it is st
 Command line (through the plugin)::
 
     busgen classify-scaling --real data/bus_bra.json --generated data/generated.json \\
-        --ks 100,200,400,800 --repeats 3 --out runs/scaling --preset presets/cpu_tiny --iterations 300
+        --ks 100,200,400,800 --repeats 3 --out runs/scaling --preset preset_cpu_tiny --iterations 300
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def run_scaling(
     test_split: str = "test",
     repeats: int = 1,
     seed: int = 0,
-    presets: Sequence[str] = ("presets/cpu_tiny",),
+    presets: Sequence[str] = ("preset_cpu_tiny",),
     iterations: int = 200,
     overrides: Mapping[str, Any] | None = None,
     keep_checkpoints: bool = False,
@@ -119,7 +119,7 @@ def run_scaling(
         test_split: its split name.
         repeats: runs per (source, k), with seeds ``seed, seed + 1, ...``.
         seed: first seed.
-        presets: bundle presets merged after ``train.json`` (default ``presets/cpu_tiny``).
+        presets: bundle presets merged after ``train.json`` (default ``preset_cpu_tiny``).
         iterations: optimisation steps per run (epochs = ceil(iterations / steps per epoch)).
         overrides: further bundle overrides (``label_key``, ``classes``, ``image_size``, ...).
         keep_checkpoints: keep each run's ``models/`` folder.
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ks", default="50,100,200,400", help="comma list of training-set sizes")
     p.add_argument("--repeats", type=int, default=1, help="runs (seeds) per size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", action="append", default=None, help="bundle preset(s) (default presets/cpu_tiny)")
+    p.add_argument("--preset", action="append", default=None, help="bundle preset(s) (default preset_cpu_tiny)")
     p.add_argument("--iterations", type=int, default=200, help="optimisation steps per run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="bundle override (JSON values)")
     p.add_argument("--out", required=True, help="output folder (scaling.json, scaling.png)")
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
     res = run_scaling(args.real, args.out, ks=ks, generated_datalist=args.generated, test_datalist=args.test,
                       test_split=args.test_split, repeats=args.repeats, seed=args.seed,
-                      presets=args.preset or ["presets/cpu_tiny"], iterations=args.iterations,
+                      presets=args.preset or ["preset_cpu_tiny"], iterations=args.iterations,
                       overrides=_parse_set(args.set), keep_checkpoints=args.keep_checkpoints)
     for row in res["summary"]:
         print(f"{row['source']:>9}  k={row['k']:<6} AUC {row['auc_mean']:.3f} +- {row['auc_std']:.3f}   "

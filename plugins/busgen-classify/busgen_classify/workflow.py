@@ -3,8 +3,8 @@
 Example::
 
     from busgen_classify.workflow import train, evaluate
-    out = train(["presets/cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/clf")
-    rep = evaluate(["presets/cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/clf")
+    out = train(["preset_cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/clf")
+    rep = evaluate(["preset_cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/clf")
     rep["results"]["auroc"]
 
 Overrides are MONAI config ids (``train#trainer#max_epochs`` or top-level ``max_epochs``); values are
@@ -27,7 +27,7 @@ def bundle_root() -> Path:
 
 
 def config_files(configs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
-    """Config names (``train``, ``presets/cpu_tiny``) or paths -> existing file paths, in order (the library's
+    """Config names (``train``, ``preset_cpu_tiny``) or paths -> existing file paths, in order (the library's
     resolver: a missing name is an error listing the bundle's configs)."""
     from busgen_monai.bundle_run import resolve_configs
 

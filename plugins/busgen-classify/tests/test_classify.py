@@ -18,7 +18,7 @@ import torch
 
 from busgen_monai.plugins import discover_plugins  # noqa: E402
 
-PRESET = "presets/cpu_tiny"
+PRESET = "preset_cpu_tiny"
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -93,8 +93,8 @@ def test_metadata_and_network_shapes():
 
 
 @pytest.mark.parametrize("configs", [["train"], ["train", "evaluate"], ["inference"],
-                                     ["train", "multi_gpu_train"], ["train", "evaluate", "presets/vit_paper"],
-                                     ["train", "presets/finetune"], ["train", "presets/pretrain_generated"]])
+                                     ["train", "multi_gpu_train"], ["train", "evaluate", "preset_vit_paper"],
+                                     ["train", "preset_finetune"], ["train", "preset_pretrain_generated"]])
 def test_configs_parse(configs):
     from monai.bundle import ConfigParser
 
@@ -305,7 +305,7 @@ def test_finetune_loads_pretrained_backbone_with_new_head(trained, tmp_path):
 
     pre = torch.load(trained["out"] / "models" / "model.pt", weights_only=True)
     devices = json.loads(Path(trained["datalist"]).read_text())["devices"]
-    res = train([PRESET, "presets/finetune"], datalists=[str(trained["datalist"])], output_dir=str(tmp_path / "ft"),
+    res = train([PRESET, "preset_finetune"], datalists=[str(trained["datalist"])], output_dir=str(tmp_path / "ft"),
                 pretrained_checkpoint=str(trained["out"] / "models" / "model.pt"), label_key="device",
                 classes=devices, max_epochs=1, learning_rate=0.0, weight_decay=0.0, early_stop_patience=0)
     net = res["network"]

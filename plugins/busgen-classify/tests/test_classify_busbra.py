@@ -26,10 +26,10 @@ def test_bus_bra_short_training_auc(bus_bra_root, tmp_path, limit, epochs):
 
     t0 = time.time()
     # 64 px, 0.3 M-parameter ResNet, lesion-box crop; a class-stratified subset of the training split (or all)
-    res = train(["presets/cpu_tiny"], datalists=[str(path)], output_dir=str(tmp_path / "run"), max_epochs=epochs,
+    res = train(["preset_cpu_tiny"], datalists=[str(path)], output_dir=str(tmp_path / "run"), max_epochs=epochs,
                 train_limit=limit)
     seconds = time.time() - t0
-    rep = evaluate(["presets/cpu_tiny"], datalists=[str(path)], output_dir=str(tmp_path / "run"), gradcam_n=8,
+    rep = evaluate(["preset_cpu_tiny"], datalists=[str(path)], output_dir=str(tmp_path / "run"), gradcam_n=8,
                    tsne=False)
     auc = rep["results"]["auroc"]
     print(f"BUS-BRA test AUROC {auc['estimate']:.3f} (95% CI {auc['lower']:.3f}-{auc['upper']:.3f}, bootstrap over "

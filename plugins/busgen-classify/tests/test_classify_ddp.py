@@ -30,7 +30,7 @@ def test_multi_gpu_overlay_two_cpu_processes(tmp_path):
     dl = write_dataset(tmp_path / "ph", n=64, seed=0, size=(64, 64))
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           busgen, "run", "bus_classifier", "train,multi_gpu_train,presets/cpu_tiny",
+           busgen, "run", "bus_classifier", "train,multi_gpu_train,preset_cpu_tiny",
            "--datalists", f'["{dl}"]', "--output_dir", str(out), "--max_epochs", "2"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -119,12 +119,12 @@ def make_schedule(num_train_timesteps: int = 500, beta_start: float = 1e-4, beta
 
 
 def make_scheduler(schedule: Mapping[str, Any] | None = None):
-    """A MONAI ``DDPMScheduler`` with the schedule (used for ``add_noise`` and ``alphas_cumprod``)."""
-    from monai.networks.schedulers import DDPMScheduler
+    """The generator's training ``DDPMScheduler`` (used for ``add_noise`` and ``alphas_cumprod``), from the project's
+    one sampler factory."""
+    from busgen_monai.schedulers import build_scheduler
 
     s = dict(DEFAULT_SCHEDULE if schedule is None else schedule)
-    return DDPMScheduler(num_train_timesteps=int(s["num_train_timesteps"]), schedule=s.get("schedule", "linear_beta"),
-                         beta_start=float(s["beta_start"]), beta_end=float(s["beta_end"]))
+    return build_scheduler(s, "ddpm", schedule=s.get("schedule", "linear_beta"))
 
 
 def schedule_alphas_cumprod(schedule: Mapping[str, Any] | None = None) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Run on a folder (what a MONAI Application Package does with its input/output mounts)::
 
     busgen deploy-run -i DICOM_FOLDER -o OUT -m runs/bus_classifier/models/model.pt \\
-        --configs inference,presets/cpu_tiny [--threshold 0.5]
+        --configs inference,preset_cpu_tiny [--threshold 0.5]
     python -m busgen_deploy -i ... -o ... -m ...          # the same, as the MAP's entry point
 
 Inputs and outputs follow the SDK's conventions: ``-i/-o/-m`` or ``HOLOSCAN_INPUT_PATH``,
@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="classifier checkpoint model.pt, or a bundle folder (configs/, models/model.pt, optional "
                         "deploy.json); default $HOLOSCAN_MODEL_PATH")
     p.add_argument("--bundle", help="classifier bundle name or folder (default bus_classifier)")
-    p.add_argument("--configs", help="bundle configs the checkpoint was trained with, e.g. inference,presets/cpu_tiny")
+    p.add_argument("--configs", help="bundle configs the checkpoint was trained with, e.g. inference,preset_cpu_tiny")
     p.add_argument("--threshold", type=float, help="operating point on the malignancy probability (default 0.5)")
     p.add_argument("--threshold-source", help="where the operating point comes from (written into the SR)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-model", help="optional lesion detector checkpoint (bus_detector's models/model.pt): "
                                             "boxes of each instance's key frame go into the SR as spatial coordinates")
     p.add_argument("--detector-configs", default="train",
-                   help="bus_detector configs the detector was trained with, e.g. train,presets/cpu_tiny")
+                   help="bus_detector configs the detector was trained with, e.g. train,preset_cpu_tiny")
     p.add_argument("--detector-threshold", type=float, default=0.3, help="detection score threshold (default 0.3)")
     return p
 

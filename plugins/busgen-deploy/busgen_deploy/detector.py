@@ -36,7 +36,7 @@ class DetectorConfig:
 
     Attributes:
         bundle: bundle name (``bus_detector``) or folder.
-        configs: bundle configs the checkpoint was trained with (``train,presets/cpu_tiny``).
+        configs: bundle configs the checkpoint was trained with (``train,preset_cpu_tiny``).
         model_path: the checkpoint (``model.pt`` of the detector's training run).
         overrides: config overrides.
         score_threshold: report boxes with a score at or above this.

@@ -38,7 +38,7 @@ class ModelConfig:
 
     Attributes:
         bundle: bundle name (``bus_classifier``) or folder (configs/ + optionally models/model.pt).
-        configs: comma list of the bundle configs the checkpoint was trained with (``inference,presets/cpu_tiny``).
+        configs: comma list of the bundle configs the checkpoint was trained with (``inference,preset_cpu_tiny``).
         model_path: checkpoint (``model.pt`` of the bundle's training run); default ``<bundle>/models/model.pt``.
         overrides: config overrides (``{"backbone": "resnet18", "image_size": [128, 128]}``).
         threshold: operating point: malignancy probability at or above which the decision is "malignant".

@@ -10,7 +10,7 @@ ultrasound, unreadable) stores nothing and returns its DICOM-level error.
 
 Command line::
 
-    busgen deploy-pacs --url http://pacs:8042/dicom-web --study 1.2.3... -m model.pt --configs inference,presets/cpu_tiny
+    busgen deploy-pacs --url http://pacs:8042/dicom-web --study 1.2.3... -m model.pt --configs inference,preset_cpu_tiny
     busgen deploy-pacs --url ... --modality US --date 20240101-20240131 -m ...   # every matching study
 """
 

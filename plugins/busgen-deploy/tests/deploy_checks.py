@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-PRESET = "inference,presets/cpu_tiny"
+PRESET = "inference,preset_cpu_tiny"
 
 
 def train_tiny_classifier(root: Path) -> Path:
@@ -22,7 +22,7 @@ def train_tiny_classifier(root: Path) -> Path:
     from busgen_monai.data.phantom import write_dataset
 
     datalist = write_dataset(root / "phantom", n=96, seed=0, size=(64, 64))
-    train(["presets/cpu_tiny"], datalists=[str(datalist)], output_dir=str(root / "run"), max_epochs=2)
+    train(["preset_cpu_tiny"], datalists=[str(datalist)], output_dir=str(root / "run"), max_epochs=2)
     path = root / "run" / "models" / "model.pt"
     assert path.is_file()
     return path

@@ -171,9 +171,9 @@ def test_detector_boxes_as_sr_spatial_coordinates(pacs_export, classifier, tmp_p
     from busgen_monai.data.phantom import write_dataset
 
     datalist = write_dataset(tmp_path / "phantom", n=64, seed=0, size=(64, 64))
-    train(["presets/cpu_tiny"], datalists=[str(datalist)], output_dir=str(tmp_path / "det"), max_epochs=2)
+    train(["preset_cpu_tiny"], datalists=[str(datalist)], output_dir=str(tmp_path / "det"), max_epochs=2)
     detector = BundleDetector(DetectorConfig(model_path=str(tmp_path / "det" / "models" / "model.pt"),
-                                             configs="train,presets/cpu_tiny", score_threshold=0.05, max_boxes=3))
+                                             configs="train,preset_cpu_tiny", score_threshold=0.05, max_boxes=3))
     uid, paths = max(us_files(pacs_export).items(), key=lambda kv: len(kv[1]))
     src = tmp_path / "in"
     src.mkdir()

@@ -4,8 +4,8 @@ and the main job's ``detect`` stage on the phantom.
 Example::
 
     from busgen_detect.workflow import train, evaluate
-    train(["presets/cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/det")
-    rep = evaluate(["presets/cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/det")
+    train(["preset_cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/det")
+    rep = evaluate(["preset_cpu_tiny"], datalists=["data/bus_bra.json"], output_dir="runs/det")
     rep["results"]["detection"]["ap50"]
 
 Overrides are MONAI config ids (``max_epochs``, ``train#trainer#max_epochs``); values are Python objects.
@@ -30,7 +30,7 @@ def bundle_root() -> Path:
 
 
 def config_files(configs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
-    """Config names (``train``, ``presets/cpu_tiny``) or paths -> existing file paths, in order (the library's
+    """Config names (``train``, ``preset_cpu_tiny``) or paths -> existing file paths, in order (the library's
     resolver: a missing name is an error listing the bundle's configs)."""
     from busgen_monai.bundle_run import resolve_configs
 
@@ -90,7 +90,7 @@ def lesion_free_phantom(out_dir: str | os.PathLike, n: int = 24, size: int = 128
 
 
 def phantom_stage(datalist: str | os.PathLike, out_dir: str | os.PathLike, max_epochs: int = 10, n_lesion_free: int = 48,
-                  n_bootstrap: int = 1000, presets: Sequence[str] = ("presets/cpu_tiny",), **overrides: Any) -> dict[str, Any]:
+                  n_bootstrap: int = 1000, presets: Sequence[str] = ("preset_cpu_tiny",), **overrides: Any) -> dict[str, Any]:
     """The main job's ``detect`` stage: write ``n_lesion_free`` lesion-free phantom images (split 70/15/15 like
     the phantom), train the tiny detector on the training splits of both datalists (validation AP logged on their
     validation splits), evaluate the last epoch's weights on their test splits and write the report (the

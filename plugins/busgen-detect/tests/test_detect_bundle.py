@@ -38,12 +38,12 @@ def _bundle_run(configs, *args, cwd):
 def test_bundle_train_evaluate_infer_with_monai_bundle_run(phantom, tmp_path):
     out = tmp_path / "run"
     common = ["--datalists", f"['{phantom['datalist']}']", "--output_dir", str(out)]
-    _bundle_run(["train", "presets/cpu_tiny"], *common, "--max_epochs", "2", cwd=bundle_root())
+    _bundle_run(["train", "preset_cpu_tiny"], *common, "--max_epochs", "2", cwd=bundle_root())
     assert (out / "models" / "model.pt").is_file() and (out / "models" / "model_final.pt").is_file()
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["epochs"] == 2 and summary["iterations"] > 0 and 0.0 <= summary["best_val_metric"] <= 1.0
 
-    _bundle_run(["train", "evaluate", "presets/cpu_tiny"], *common, "--lesion_free_datalists",
+    _bundle_run(["train", "evaluate", "preset_cpu_tiny"], *common, "--lesion_free_datalists",
                 f"['{phantom['lesion_free']}']", "--n_bootstrap", "100", "--grid_n", "8", cwd=bundle_root())
     report = json.loads((out / "eval" / "report.json").read_text())
     det = report["results"]["detection"]
@@ -61,14 +61,14 @@ def test_bundle_train_evaluate_infer_with_monai_bundle_run(phantom, tmp_path):
     assert "PH-P" in preds[0]["patient_id"]  # pseudonymous ids only
 
     images = str(Path(phantom["datalist"]).parent / "images" / "*.png")
-    _bundle_run(["train", "inference", "presets/cpu_tiny"], *common, "--image_glob", images, cwd=bundle_root())
+    _bundle_run(["train", "inference", "preset_cpu_tiny"], *common, "--image_glob", images, cwd=bundle_root())
     inf = json.loads((out / "inference" / "predictions.json").read_text())["images"]
     assert len(inf) == 36 and all(p["truth"] == [] for p in inf)
 
 
 def test_missing_model_gives_clear_error(phantom, tmp_path):
     with pytest.raises(Exception) as info:
-        evaluate(["presets/cpu_tiny"], datalists=[phantom["datalist"]], output_dir=str(tmp_path / "none"),
+        evaluate(["preset_cpu_tiny"], datalists=[phantom["datalist"]], output_dir=str(tmp_path / "none"),
                  n_bootstrap=10)
     err = info.value
     while err.__cause__ is not None:  # MONAI wraps config-expression errors in RuntimeError
@@ -85,9 +85,9 @@ def test_tiny_detector_overfits_phantom_then_is_silent_on_lesion_free_images(tmp
     out = tmp_path / "overfit"
     epochs = 160
     # a handful of phantom images: 8 with a lesion and 2 without (background is part of what a detector learns)
-    train(["presets/cpu_tiny"], datalists=[dl, seen_free], train_split="all", val_split="all", output_dir=str(out),
+    train(["preset_cpu_tiny"], datalists=[dl, seen_free], train_split="all", val_split="all", output_dir=str(out),
           max_epochs=epochs, val_interval=epochs, learning_rate=0.003, lesion_free=True)
-    rep = evaluate(["presets/cpu_tiny"], datalists=[dl], test_split="all", lesion_free_datalists=[free],
+    rep = evaluate(["preset_cpu_tiny"], datalists=[dl], test_split="all", lesion_free_datalists=[free],
                    output_dir=str(out), model_path=str(out / "models" / "model_final.pt"), n_bootstrap=50, grid_n=0)
     det = rep["results"]["detection"]
     assert det["ap50"]["estimate"] >= 0.9
@@ -112,7 +112,7 @@ def test_multi_gpu_overlay_two_cpu_ranks(phantom, tmp_path):
     from busgen_detect.workflow import bundle_root
 
     out = tmp_path / "ddp"
-    files = "[" + ",".join(f"'configs/{c}.json'" for c in ("train", "multi_gpu_train", "presets/cpu_tiny")) + "]"
+    files = "[" + ",".join(f"'configs/{c}.json'" for c in ("train", "multi_gpu_train", "preset_cpu_tiny")) + "]"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
            "-m", "monai.bundle", "run", "--config_file", files, "--meta_file", "configs/metadata.json",
            "--logging_file", "configs/logging.conf", "--bundle_root", ".",

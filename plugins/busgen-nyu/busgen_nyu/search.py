@@ -9,9 +9,9 @@ probabilities and saliency maps). Runs already finished (their ``training_summar
 Example::
 
     from busgen_nyu.search import random_search
-    res = random_search(["presets/cpu_tiny"], n_runs=6, top_k=3, out_dir="runs/nyu_search",
+    res = random_search(["preset_cpu_tiny"], n_runs=6, top_k=3, out_dir="runs/nyu_search",
                         datalists=["runs/phantom/datalist.json"], group_by="patient")
-    res["model_paths"]   # -> evaluate(["presets/cpu_tiny"], model_paths=res["model_paths"], ...)
+    res["model_paths"]   # -> evaluate(["preset_cpu_tiny"], model_paths=res["model_paths"], ...)
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Example::
 
     from busgen_nyu.workflow import train, evaluate
-    train(["presets/cpu_tiny"], datalists=["runs/phantom/datalist.json"], group_by="patient", output_dir="runs/nyu")
-    rep = evaluate(["presets/cpu_tiny"], datalists=["runs/phantom/datalist.json"], group_by="patient",
+    train(["preset_cpu_tiny"], datalists=["runs/phantom/datalist.json"], group_by="patient", output_dir="runs/nyu")
+    rep = evaluate(["preset_cpu_tiny"], datalists=["runs/phantom/datalist.json"], group_by="patient",
                    output_dir="runs/nyu")
     rep["results"]["breast_auroc (malignant)"]
 
@@ -28,7 +28,7 @@ def bundle_root() -> Path:
 
 
 def config_files(configs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
-    """Config names (``train``, ``presets/cpu_tiny``) or paths -> existing file paths, in order (the library's
+    """Config names (``train``, ``preset_cpu_tiny``) or paths -> existing file paths, in order (the library's
     resolver: a missing name is an error listing the bundle's configs)."""
     from busgen_monai.bundle_run import resolve_configs
 

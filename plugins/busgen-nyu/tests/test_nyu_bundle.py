@@ -50,7 +50,7 @@ def _bundle(configs, *overrides):
 def test_bundle_runs_with_monai_bundle_run(phantom, tmp_path):
     out = tmp_path / "run"
     common = ["--datalists", json.dumps([str(phantom)]), "--group_by", "patient", "--output_dir", str(out)]
-    _run(_bundle(["train", "presets/cpu_tiny"], *common, "--max_epochs", "2"))
+    _run(_bundle(["train", "preset_cpu_tiny"], *common, "--max_epochs", "2"))
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["epochs"] == 2 and summary["network"]["backbone"] == "resnet_tiny"
     assert (out / "models" / "model.pt").is_file() and (out / "models" / "model_final.pt").is_file()
@@ -58,7 +58,7 @@ def test_bundle_runs_with_monai_bundle_run(phantom, tmp_path):
     # evaluation and inference in-process through the same configs (busgen_nyu.workflow); the slow test below runs
     # them with `python -m monai.bundle run` too
     kw = dict(datalists=[str(phantom)], group_by="patient", output_dir=str(out))
-    evaluate(["presets/cpu_tiny"], **kw)
+    evaluate(["preset_cpu_tiny"], **kw)
     rep = json.loads((out / "eval" / "report.json").read_text())["results"]
     assert rep["n_breasts"] >= 4 and 0.0 <= rep["breast_auroc (malignant)"]["estimate"] <= 1.0
     assert {"pointing_game", "images_with_masks"} <= set(rep["localisation"])
@@ -68,7 +68,7 @@ def test_bundle_runs_with_monai_bundle_run(phantom, tmp_path):
         assert (out / "eval" / name).is_file(), name
     assert list((out / "eval" / "overlays").glob("*.png"))
 
-    infer(["presets/cpu_tiny"], infer_split="all", **kw)
+    infer(["preset_cpu_tiny"], infer_split="all", **kw)
     with open(out / "inference" / "breasts.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     n_patients = len({it["patient_id"] for s in ("training", "validation", "test")
@@ -89,19 +89,19 @@ def test_bundle_runs_with_monai_bundle_run(phantom, tmp_path):
 def test_evaluate_and_inference_with_monai_bundle_run(phantom, tmp_path):
     out = tmp_path / "run"
     common = ["--datalists", json.dumps([str(phantom)]), "--group_by", "patient", "--output_dir", str(out)]
-    _run(_bundle(["train", "presets/cpu_tiny"], *common, "--max_epochs", "1"))
-    _run(_bundle(["train", "evaluate", "presets/cpu_tiny"], *common))
+    _run(_bundle(["train", "preset_cpu_tiny"], *common, "--max_epochs", "1"))
+    _run(_bundle(["train", "evaluate", "preset_cpu_tiny"], *common))
     assert json.loads((out / "eval" / "report.json").read_text())["results"]["n_breasts"] == 10
-    _run(_bundle(["train", "inference", "presets/cpu_tiny"], *common))
+    _run(_bundle(["train", "inference", "preset_cpu_tiny"], *common))
     assert (out / "inference" / "saliency.npz").is_file() and (out / "inference" / "breasts.csv").is_file()
 
 
 def _overfit(datalist, out, epochs, augment):
     kw = dict(datalists=[str(datalist)], group_by="patient", output_dir=str(out))
     extra = {} if augment else {"train#augmentation": []}
-    train(["presets/cpu_tiny"], train_split="training", val_split="training", val_interval=10**6, max_epochs=epochs,
+    train(["preset_cpu_tiny"], train_split="training", val_split="training", val_interval=10**6, max_epochs=epochs,
           **extra, **kw)
-    return evaluate(["presets/cpu_tiny"], test_split="training", model_path=str(out / "models" / "model_final.pt"),
+    return evaluate(["preset_cpu_tiny"], test_split="training", model_path=str(out / "models" / "model_final.pt"),
                     n_bootstrap=50, overlay_n=0, **kw)["results"]
 
 
@@ -128,7 +128,7 @@ def test_overfit_pointing_game_on_all_lesions(tmp_path):
 def test_multi_gpu_overlay_two_cpu_ranks(phantom, tmp_path):
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
-    cmd = _bundle(["train", "multi_gpu_train", "presets/cpu_tiny"], "--datalists", json.dumps([str(phantom)]),
+    cmd = _bundle(["train", "multi_gpu_train", "preset_cpu_tiny"], "--datalists", json.dumps([str(phantom)]),
                   "--group_by", "patient", "--output_dir", str(out), "--max_epochs", "2")
     _run([*torchrun, *cmd[1:]])
     summary = json.loads((out / "training_summary.json").read_text())
@@ -146,7 +146,7 @@ def test_random_search_top_k_ensemble(phantom, tmp_path):
     draws = draw_settings(5, seed=1)
     assert len({d["seed"] for d in draws}) == 5
     assert all(0.01 <= d["top_t"] <= 0.2 and 1e-4 <= d["beta"] <= 0.1 for d in draws)
-    res = random_search(["presets/cpu_tiny"], n_runs=3, top_k=2, out_dir=tmp_path / "search", datalists=[str(phantom)],
+    res = random_search(["preset_cpu_tiny"], n_runs=3, top_k=2, out_dir=tmp_path / "search", datalists=[str(phantom)],
                         group_by="patient", max_epochs=1)
     vals = [r["best_val_metric"] for r in res["runs"]]
     assert vals == sorted(vals, reverse=True) and len(res["model_paths"]) == 2
