@@ -109,3 +109,32 @@ def test_shipped_sample_bundle_passes_monai_verify_net_in_out():
 
         with pytest.raises(BundleVerificationError, match="verify_net_in_out"):
             zoo_net_in_out(copy, bad)
+
+
+@pytest.fixture(scope="module")
+def phantom_splits(tmp_path_factory):
+    """A phantom large enough for every split (training, validation, test) the downstream bundles read."""
+    from busgen_monai.data.phantom import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("zoo_splits") / "ph", n=48, size=(32, 32))
+
+
+@pytest.mark.parametrize("name, configs, overrides", [
+    ("bus_classifier", "train,preset_cpu_tiny", {"datalists": "$[@_dl]"}),
+    ("bus_detector", "train,preset_cpu_tiny", {"datalists": "$[@_dl]"}),
+    ("nyu_breast", "train,preset_cpu_tiny", {"datalists": "$[@_dl]", "group_by": "patient"}),
+    ("device_cyclegan", "train", {"datalist": "@_dl", "target_device": "PhantomMed-L12"}),
+])
+def test_plugin_train_configs_have_the_zoo_train_properties(name, configs, overrides, phantom_splits, tmp_path):
+    """The downstream and augmentation plugins' training bundles pass MONAI's train-workflow property check too
+    (bundle_root, device, dataset_dir, trainer, network_def, max_epochs, train_dataset, train_inferer, ...)."""
+    from monai.bundle import ConfigWorkflow
+
+    root = BUNDLES[name]
+    files = [str(f) for f in resolve_configs(root, configs)]
+    wf = ConfigWorkflow(config_file=files, meta_file=str(root / "configs" / "metadata.json"), workflow_type="train",
+                        logging_file=False, bundle_root=str(root), output_dir=str(tmp_path / "out"),
+                        _dl=str(phantom_splits), **overrides)
+    wf.initialize()
+    assert wf.check_properties() == []
+    assert wf.max_epochs >= 1 and wf.network_def is not None and len(wf.train_dataset) > 0

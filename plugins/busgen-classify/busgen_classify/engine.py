@@ -41,8 +41,15 @@ def write_json(path: str | os.PathLike, payload: Any) -> str:
     return str(atomic_write_text(Path(path), json.dumps(to_jsonable(payload), indent=2) + "\n"))
 
 
-def training_summary(trainer: Any, evaluator: Any = None, output_dir: str | os.PathLike = ".", extra: Mapping | None = None) -> str:
-    """Write ``training_summary.json`` (epochs, iterations, best validation metric, wall time) to ``output_dir``."""
+def training_summary(trainer: Any, evaluator: Any = None, output_dir: str | os.PathLike = ".", extra: Mapping | None = None,
+                     training_args: Mapping | None = None) -> str:
+    """Write ``training_summary.json`` (epochs, iterations, best validation metric, wall time) to ``output_dir``.
+
+    ``training_args`` (the config's ``training_args``: output folder, data, labels, backbone, input size, crop) go to
+    ``models/training_args.json``, a MONAI ``args_file``: evaluating or predicting later needs only
+    ``--args_file runs/clf/models/training_args.json`` instead of repeating every training argument."""
+    if training_args is not None:
+        write_json(Path(output_dir) / "models" / "training_args.json", json.loads(json.dumps(dict(training_args))))
     state = trainer.state
     summary: dict[str, Any] = {
         "epochs": int(state.epoch),

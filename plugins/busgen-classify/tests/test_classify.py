@@ -236,6 +236,22 @@ def test_a_second_test_set_gets_its_own_report_folder(evaluated, trained):
     assert eval_folder_name(["/x/busi test.json", "/y/b.json"], ["/d/a.json"]) == "eval_busi-test+b"
 
 
+def test_evaluate_needs_only_the_training_args_file(evaluated, trained, tmp_path):
+    """Training writes models/training_args.json (a MONAI args_file); evaluating from it alone, without the preset
+    or any training argument, rebuilds the same network and data and reproduces the report's AUROC."""
+    from busgen_monai.cli import main
+
+    args_file = Path(trained["out"]) / "models" / "training_args.json"
+    saved = json.loads(args_file.read_text())
+    assert saved["backbone"] == "resnet_tiny" and saved["image_size"] == [64, 64]  # the preset's, not train.json's
+    eval_dir = tmp_path / "eval_from_args"
+    rc = main(["run", "bus_classifier", "train,evaluate", "--args_file", str(args_file), "--eval_dir", str(eval_dir),
+               "--n_bootstrap", "50", "--gradcam_n", "0", "--tsne", "false"])
+    assert rc == 0
+    report = json.loads((eval_dir / "report.json").read_text())
+    assert report["results"]["auroc"]["estimate"] == pytest.approx(evaluated["results"]["auroc"]["estimate"], abs=1e-6)
+
+
 def test_delong_comparison_with_second_model(evaluated, tmp_path):
     from busgen_classify.evaluate import write_clinical_report
     from busgen_classify.handlers import read_predictions_csv
