@@ -115,26 +115,23 @@ def declared_keys(config_files: Sequence[str | Path]) -> dict[str, Any]:
     return merged.get()
 
 
+_MISSING = object()
+
+
 def _get_path(cfg: Any, parts: Sequence[str]) -> Any:
+    """The value at ``a#b#c`` (``parts``) of a config, or ``_MISSING``."""
     for part in parts:
         if isinstance(cfg, Mapping) and part in cfg:
             cfg = cfg[part]
         elif isinstance(cfg, list) and part.isdigit() and int(part) < len(cfg):
             cfg = cfg[int(part)]
         else:
-            return None
+            return _MISSING
     return cfg
 
 
 def _has_path(cfg: Any, parts: Sequence[str]) -> bool:
-    for part in parts:
-        if isinstance(cfg, Mapping) and part in cfg:
-            cfg = cfg[part]
-        elif isinstance(cfg, list) and part.isdigit() and int(part) < len(cfg):
-            cfg = cfg[int(part)]
-        else:
-            return False
-    return True
+    return _get_path(cfg, parts) is not _MISSING
 
 
 def _target_params(node: Any) -> set[str]:
