@@ -8,12 +8,15 @@
                                  intended use, data source (+ base_model name/version/sha256 for the adapter form)
       configs/inference.json     sampling config (same keys as bundles/busgen_sample), form preset
       configs/logging.conf
-      models/adapter.pt | models/model.pt
+      models/adapter.pt (+ peft_adapter/) | models/model.pt + models/model.json
       docs/README.md
       large_files.yml            path + sha256 of every model file
 
 Two forms: ``adapter`` (adapter-only weights; the base is referenced by name, version and hash, and inference needs
-``--base_checkpoint PATH``) and ``merged`` (LoRA folded into the weights; self-contained).
+``--base_checkpoint PATH``) and ``merged`` (LoRA folded into the weights; self-contained). The merged form keeps the
+zoo's weight layout: ``models/model.pt`` is a bare state dict (``network_def.load_state_dict`` after a
+``weights_only=True`` load) and the network arguments, condition codec and settings are plain JSON in
+``models/model.json`` (read back by :func:`busgen_monai.inferers.read_checkpoint`).
 
 :func:`verify_bundle` checks a bundle folder or zip offline: metadata against the model zoo's schema (vendored) and the project's stricter JSON schema
 (``busgen_monai/resources/bundle_metadata_schema.json``), sha256 of the files in ``large_files.yml``, a
@@ -122,7 +125,14 @@ def package_bundle(
     shutil.copy2(src / "LICENSE", root / "LICENSE")
     shutil.copy2(src / "configs" / "logging.conf", root / "configs" / "logging.conf")
     model_name = "adapter.pt" if form == "adapter" else "model.pt"
-    shutil.copy2(model_src, root / "models" / model_name)
+    if form == "merged":
+        # the zoo's layout: models/model.pt a bare state dict (loads into network_def with weights_only=True),
+        # network arguments, codec and settings as plain JSON in models/model.json
+        from .inferers import export_generator
+
+        export_generator(model_src, root / "models" / model_name, layout="zoo", preset=preset_name)
+    else:
+        shutil.copy2(model_src, root / "models" / model_name)
 
     state = load_weights(model_src, f"{form} model")
     codec = (state.get("busgen_extra", {}) or {}).get("codec") if form == "adapter" else state.get("codec")
@@ -188,7 +198,8 @@ def package_bundle(
               f"Verify offline: `busgen verify {name}.zip" + (" --base /path/to/base.pt`" if form == "adapter" else "`")
               + f".\n\nIntended use: {meta['intended_use']}\n")
     (root / "docs" / "README.md").write_text(readme)
-    files = [model_name] + (["box_prior.json"] if box_prior is not None else [])
+    files = [model_name] + (["model.json"] if form == "merged" else []) + \
+        (["box_prior.json"] if box_prior is not None else [])
     peft_dir = Path(adapter).parent / "peft_adapter" if form == "adapter" and adapter else None
     if peft_dir is not None and (peft_dir / "adapter_config.json").is_file():
         # the same adapter in peft's own format, for peft users (adapter_config.json + safetensors, no pickle)

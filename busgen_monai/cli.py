@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "points per pathology (no training box is stored)")
     ex.add_argument("--dtype", choices=["float32", "float16"], default=None, help="weight dtype (float16 halves it)")
     ex.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    ex.add_argument("--layout", choices=["file", "zoo"], default="file",
+                    help="file: one file with everything (default); zoo: OUT a bare state dict (the model zoo's "
+                         "layout) plus OUT with suffix .json holding network arguments, codec and settings")
     ex.add_argument("--preset", default=None, help="only for old checkpoints without saved settings")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--torchscript", default=None, metavar="TS",
@@ -379,7 +382,7 @@ def cmd_export(args) -> int:
         prior.save(out.parent / "box_prior.json")
         print(f"box prior: {out.parent / 'box_prior.json'}")
     path = export_generator(state, out, use_ema=not args.no_ema, preset=args.preset, dtype=args.dtype,
-                            settings=settings)
+                            settings=settings, layout=args.layout)
     from .utils.io import file_sha256
 
     print(f"model: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)})")

@@ -159,9 +159,10 @@ def test_unlisted_model_file_and_hash_types(adapted):
     lf = root / "large_files.yml"
     md5 = hashlib.md5((root / "models" / "model.pt").read_bytes()).hexdigest()
     prior = hashlib.sha256((root / "models" / "box_prior.json").read_bytes()).hexdigest()
-    prior_entry = f"  - path: models/box_prior.json\n    hash_val: {prior}\n"
+    spec = hashlib.sha256((root / "models" / "model.json").read_bytes()).hexdigest()
+    prior_entry = f"  - path: models/box_prior.json\n    hash_val: {prior}\n  - path: models/model.json\n    hash_val: {spec}\n"
     lf.write_text(f"large_files:\n  - path: models/model.pt\n    hash_val: {md5}\n    hash_type: md5\n{prior_entry}")
-    assert check_large_files(root) == ["models/model.pt", "models/box_prior.json"]
+    assert check_large_files(root) == ["models/model.pt", "models/box_prior.json", "models/model.json"]
     lf.write_text(f"large_files:\n{prior_entry}")
     with pytest.raises(BundleVerificationError, match="models/model.pt: in models/ but not listed"):
         verify_bundle(root, sample=False)
@@ -170,3 +171,31 @@ def test_unlisted_model_file_and_hash_types(adapted):
     with pytest.raises(BundleVerificationError) as err:
         verify_bundle(root, sample=False)
     assert f"its md5 is {md5} but large_files.yml says {'f' * 32}" in str(err.value)
+
+
+def test_merged_bundle_keeps_the_zoo_weight_layout(adapted):
+    """models/model.pt of a merged bundle is a bare state dict that loads into the bundle's network_def after a
+    weights_only load (as MONAI's bundle tools do); the network arguments, codec and settings are plain JSON in
+    models/model.json; the pair loads through load_generator, and without the JSON the error names it."""
+    from monai.bundle import ConfigParser
+
+    from busgen_monai.inferers import load_generator
+
+    tmp, saved = adapted
+    root, _ = _pkg(tmp, saved, name="zoo_layout")
+    weights = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())
+    spec = json.loads((root / "models" / "model.json").read_text())
+    assert {"network_kwargs", "codec", "settings"} <= set(spec)
+    net = build_network(spec["settings"], ConditionCodec.from_dict(spec["codec"]), **spec["network_kwargs"])
+    net.load_state_dict(weights)  # strict: every key and shape fits
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(root)})
+    loaded, codec = parser.get_parsed_content("generator")
+    assert all(torch.equal(loaded.state_dict()[k], v.float()) for k, v in weights.items())
+    assert "model.json" in (root / "large_files.yml").read_text()
+    verify_bundle(root, sample=False)
+    (root / "models" / "model.json").unlink()
+    with pytest.raises(ValueError, match="model.json next to it, which is missing"):
+        load_generator(root / "models" / "model.pt")

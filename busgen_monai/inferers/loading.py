@@ -69,10 +69,41 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot read checkpoint {path} (weights-only loading: tensors and plain containers; "
                          f"a file holding pickled objects is refused): {str(err).splitlines()[0]}") from err
+    if _is_bare_state_dict(state):
+        state = _with_spec(path, state)
     if not isinstance(state, Mapping) or "network" not in state or "codec" not in state:
         keys = list(state) if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{path} is not a busgen generator checkpoint (needs 'network' and 'codec'; has {keys})")
     return dict(state)
+
+
+#: what the model zoo's layout keeps beside ``models/model.pt`` (a bare state dict), in ``models/model.json``
+SPEC_KEYS = ("network_class", "network_kwargs", "codec", "settings", "provenance")
+
+
+def _is_bare_state_dict(state: Any) -> bool:
+    return isinstance(state, Mapping) and bool(state) and "network" not in state and \
+        all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def _with_spec(path: Path, weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """A zoo-layout model file: the weights from ``path`` plus the network arguments, codec and settings from the JSON
+    file of the same name next to it."""
+    import json
+
+    spec_path = path.with_suffix(".json")
+    if not spec_path.is_file():
+        raise ValueError(f"{path} is a bare state dict (the model zoo's layout); the network arguments, condition codec "
+                         f"and settings that rebuild its network belong in {spec_path.name} next to it, which is "
+                         "missing: copy it along, or export a one-file model with `busgen export`")
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{spec_path}: not readable JSON ({err})") from err
+    missing = [k for k in ("network_kwargs", "codec", "settings") if k not in spec]
+    if missing:
+        raise ValueError(f"{spec_path} lacks {missing}; re-export the model (busgen export --layout zoo)")
+    return {"network": dict(weights), **{k: spec[k] for k in SPEC_KEYS if k in spec}}
 
 
 def generator_state(state: Mapping[str, Any], use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -201,8 +232,14 @@ def load_generator(
 def export_generator(checkpoint: str | os.PathLike | Mapping[str, Any], out: str | os.PathLike, use_ema: bool = True,
                      network_kwargs: Mapping[str, Any] | None = None, preset: str | Mapping[str, Any] | None = None,
                      dtype: torch.dtype | str | None = None, settings: Mapping[str, Any] | None = None,
-                     extra: Mapping[str, Any] | None = None) -> Path:
+                     extra: Mapping[str, Any] | None = None, layout: str = "file") -> Path:
     """Write a small model file (weights to sample with + codec + network kwargs + settings) for packaging/sharing.
+
+    ``layout="file"`` (default): one file holding everything. ``layout="zoo"``: the model zoo's layout, ``out`` is a
+    bare state dict (``network_def.load_state_dict(torch.load(out, weights_only=True))`` works as MONAI's bundle
+    tools expect) and the network arguments, codec and settings go to ``out`` with suffix ``.json`` as plain JSON;
+    :func:`read_checkpoint` reads the pair back. The latent family (which carries its autoencoder) only has the
+    one-file layout.
 
     ``checkpoint``: a path, or a checkpoint already read with :func:`read_checkpoint`.
     ``network_kwargs`` and ``settings`` default to the checkpoint's own (``preset`` is the fallback for old
@@ -229,4 +266,18 @@ def export_generator(checkpoint: str | os.PathLike | Mapping[str, Any], out: str
         payload["autoencoder"] = state["autoencoder"]
     if extra:
         payload.update({k: v for k, v in extra.items() if k not in payload})
+    if layout == "zoo":
+        import json
+
+        from ..utils.io import atomic_write_text
+
+        if "autoencoder" in payload:
+            raise ValueError("a latent generator carries its autoencoder and ships as one file (layout='file')")
+        spec = {k: v for k, v in payload.items() if k != "network"}
+        text = json.dumps(spec, indent=1)  # plain JSON only: a spec with tensors or objects is refused here
+        path = atomic_torch_save(payload["network"], out)
+        atomic_write_text(Path(out).with_suffix(".json"), text + "\n")
+        return path
+    if layout != "file":
+        raise ValueError(f"layout must be 'file' or 'zoo', got {layout!r}")
     return atomic_torch_save(payload, out)
