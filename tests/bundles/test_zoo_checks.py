@@ -138,3 +138,22 @@ def test_plugin_train_configs_have_the_zoo_train_properties(name, configs, overr
     wf.initialize()
     assert wf.check_properties() == []
     assert wf.max_epochs >= 1 and wf.network_def is not None and len(wf.train_dataset) > 0
+
+
+@pytest.mark.parametrize("name, passes", [("bus_classifier", True), ("device_cyclegan", True),
+                                           ("bus_detector", False), ("nyu_breast", False)])
+def test_plugin_bundles_under_monai_verify_net_in_out(name, passes):
+    """MONAI's shape check on each plugin bundle's network_def with its metadata. The classifier and the CycleGAN
+    pass; the detector (RetinaNet returns per-image box/score/label dicts) and the NYU model (a dict of breast-level
+    probabilities and saliency maps) cannot: verify_net_in_out needs a single tensor output. Their docs say so."""
+    from monai.bundle import verify_net_in_out
+
+    root = BUNDLES[name]
+    kwargs = dict(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
+                  config_file=str(root / "configs" / "train.json"), bundle_root=str(root))
+    if passes:
+        verify_net_in_out(**kwargs)
+    else:
+        with pytest.raises(AttributeError, match="has no attribute 'shape'"):
+            verify_net_in_out(**kwargs)
+        assert "verify_net_in_out" in (root / "docs" / "README.md").read_text()
