@@ -186,11 +186,9 @@ def train_dit(out: Path, real: dict, ae, codec, steps: int, seed: int = 0):
 
 def dpm(settings: dict, clip: bool = False):
     """The sample bundle's sampler (pixel models clip the data prediction to [-1, 1]; latents are not clipped)."""
-    from busgen_monai.schedulers import DPMSolverMultistepScheduler
+    from busgen_monai.schedulers import build_scheduler
 
-    return DPMSolverMultistepScheduler(settings["num_train_timesteps"], schedule="linear_beta",
-                                       beta_start=settings["beta_start"], beta_end=settings["beta_end"],
-                                       solver_order=2, timestep_spacing="linspace", clip_sample=clip)
+    return build_scheduler(settings, "dpmpp", clip_sample=clip)
 
 
 # ----------------------------------------------------------------------------------------------------------- speed

@@ -26,6 +26,7 @@ post-hoc filters and the written PNGs see images.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -284,29 +285,28 @@ def reconstruction_report(autoencoder: nn.Module, dataset: Sequence, out_file: s
                           device: str | torch.device = "cpu", grid: str | os.PathLike | None = None,
                           grid_size: int = 8) -> dict[str, Any]:
     """Reconstruction quality of the autoencoder on ``dataset`` (dicts with ``image`` in [-1, 1]): mean absolute
-    error and PSNR (:class:`monai.metrics.PSNRMetric`, range 2) of ``decode(encode(x))`` with the posterior mean,
-    written as JSON (atomically) and, with ``grid``, a PNG of originals (top) over reconstructions (bottom)."""
+    error and PSNR (range 2, averaged over images as :class:`monai.metrics.PSNRMetric`) of ``decode(encode(x))`` with
+    the posterior mean, written as JSON (atomically) and, with ``grid``, a PNG of originals (top) over
+    reconstructions (bottom). Local to the calling process (no collective call: rank 0 runs it alone under DDP)."""
     import json
-
-    from monai.metrics import PSNRMetric
 
     from ..utils.io import atomic_write_text
 
     ae = _unwrap(autoencoder).eval().to(device)
-    psnr = PSNRMetric(max_val=2.0)
-    errs, shown = [], []
+    errs, psnrs, shown = [], [], []
     for item in dataset:
         x = torch.as_tensor(item["image"]).float()[None].to(device)
         z_mu, _ = ae.encode(x)
         rec = ae.decode(z_mu).clamp(-1, 1)
         errs.append(float((rec - x).abs().mean()))
-        psnr(rec, x)
+        mse = float(((rec - x) ** 2).mean())
+        psnrs.append(20 * math.log10(2.0) - 10 * math.log10(max(mse, 1e-12)))
         if len(shown) < grid_size:
             shown.append((x[0].cpu(), rec[0].cpu()))
     if not errs:
         raise ValueError("reconstruction_report: the evaluation set is empty")
     report = {"num_images": len(errs), "mae": float(sum(errs) / len(errs)),
-              "psnr_db": float(psnr.aggregate().item()), "image_range": [-1, 1],
+              "psnr_db": float(sum(psnrs) / len(psnrs)), "image_range": [-1, 1],
               "latent_shape": list(getattr(ae, "latent_shape")(tuple(shown[0][0].shape[1:]))) if shown else None}
     atomic_write_text(out_file, json.dumps(report, indent=1))
     if grid is not None and shown:

@@ -66,7 +66,7 @@ def test_configs_parse_with_every_preset(datalist):
     sizes = {}
     for name in ("cpu_tiny", "cpu", "paper"):
         p = ConfigParser()
-        p.read_config(_configs(AE_BUNDLE, "train", f"presets/{name}"))
+        p.read_config(_configs(AE_BUNDLE, "train", f"preset_{name}"))
         p["datalist"] = str(datalist)
         p["bundle_root"] = str(AE_BUNDLE)
         net = p.get_parsed_content("network_def")
@@ -86,8 +86,8 @@ def test_configs_parse_with_every_preset(datalist):
         readme = (b / "docs" / "README.md").read_text()
         assert "python -m monai.bundle run" in readme and "torchrun" in readme
         multi = json.loads((b / "configs" / "multi_gpu_train.json").read_text())
-        assert multi["finalize"][-2:] == ["$import busgen_monai.engines.distributed",
-                                          "$busgen_monai.engines.distributed.end_process_group()"]
+        # every rank passes a barrier before the process group goes (as the pretrain overlay)
+        assert multi["finalize"][-1] == "$dist.is_initialized() and (dist.barrier() or dist.destroy_process_group())"
 
 
 def test_autoencoder_latent_and_sample_bundles_on_the_phantom(datalist, tmp_path):
@@ -95,7 +95,7 @@ def test_autoencoder_latent_and_sample_bundles_on_the_phantom(datalist, tmp_path
     from busgen_monai.networks import ConditionalDiT
 
     ae_out = tmp_path / "ae"
-    _bundle_run(AE_BUNDLE, _configs(AE_BUNDLE, "train", "presets/cpu_tiny"),
+    _bundle_run(AE_BUNDLE, _configs(AE_BUNDLE, "train", "preset_cpu_tiny"),
                 {**FAST, "datalist": str(datalist), "output_dir": str(ae_out), "max_epochs": 2})
     rec = json.loads((ae_out / "reconstruction.json").read_text())
     assert rec["num_images"] > 0 and 0 < rec["mae"] < 1.0 and rec["latent_shape"] == [4, 8, 8]
@@ -106,7 +106,7 @@ def test_autoencoder_latent_and_sample_bundles_on_the_phantom(datalist, tmp_path
     ldm_out = tmp_path / "ldm"
     common = {**FAST, "datalist": str(datalist), "output_dir": str(ldm_out),
               "autoencoder_checkpoint": str(ae_out / "models")}
-    _bundle_run(LDM_BUNDLE, _configs(LDM_BUNDLE, "train", "presets/cpu_tiny"), {**common, "max_epochs": 1})
+    _bundle_run(LDM_BUNDLE, _configs(LDM_BUNDLE, "train", "preset_cpu_tiny"), {**common, "max_epochs": 1})
     first = sorted((ldm_out / "models").glob("checkpoint_final_iteration=*.pt"))
     assert len(first) == 1
     ck = torch.load(first[0], weights_only=True)
@@ -118,7 +118,7 @@ def test_autoencoder_latent_and_sample_bundles_on_the_phantom(datalist, tmp_path
     assert ck["settings"]["scale_factor"] == pytest.approx(ck["autoencoder"]["scale_factor"])
     assert ck["network_kwargs"]["input_size"] == 8 and ck["network_kwargs"]["in_channels"] == 4
     # resume: the second run continues from the saved iteration with the same autoencoder and latent scale
-    proc = _bundle_run(LDM_BUNDLE, _configs(LDM_BUNDLE, "train", "presets/cpu_tiny"), {**common, "max_epochs": 2})
+    proc = _bundle_run(LDM_BUNDLE, _configs(LDM_BUNDLE, "train", "preset_cpu_tiny"), {**common, "max_epochs": 2})
     assert "Restored all variables" in proc.stdout + proc.stderr
     ck2 = torch.load(ldm_out / "models" / f"checkpoint_final_iteration={2 * its}.pt", weights_only=True)
     # (the fixed sin-cos position embedding has no gradient, hence no optimizer state)
@@ -163,12 +163,12 @@ def _torchrun(bundle: Path, files: list[str], overrides: dict, tmp_path: Path) -
 def test_multi_gpu_overlays_on_two_cpu_processes(datalist, tmp_path):
     """About a minute: both overlays train the cpu_tiny preset for one epoch on two gloo ranks."""
     ae_out = tmp_path / "ae"
-    _torchrun(AE_BUNDLE, _configs(AE_BUNDLE, "train", "presets/cpu_tiny", "multi_gpu_train"),
+    _torchrun(AE_BUNDLE, _configs(AE_BUNDLE, "train", "preset_cpu_tiny", "multi_gpu_train"),
               {**FAST, "datalist": str(datalist), "output_dir": str(ae_out), "max_epochs": 1}, tmp_path)
     ae_ck = list((ae_out / "models").glob("checkpoint_final_iteration=*.pt"))
     assert len(ae_ck) == 1 and (ae_out / "reconstruction.json").is_file()  # rank 0 saves and reports
     ldm_out = tmp_path / "ldm"
-    _torchrun(LDM_BUNDLE, _configs(LDM_BUNDLE, "train", "presets/cpu_tiny", "multi_gpu_train"),
+    _torchrun(LDM_BUNDLE, _configs(LDM_BUNDLE, "train", "preset_cpu_tiny", "multi_gpu_train"),
               {**FAST, "datalist": str(datalist), "output_dir": str(ldm_out), "max_epochs": 1,
                "autoencoder_checkpoint": str(ae_out / "models")}, tmp_path)
     ck = list((ldm_out / "models").glob("checkpoint_final_iteration=*.pt"))
