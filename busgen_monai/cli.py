@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     ex.add_argument("--layout", choices=["file", "zoo"], default="file",
                     help="file: one file with everything (default); zoo: OUT a bare state dict (the model zoo's "
-                         "layout) plus OUT with suffix .json holding network arguments, codec and settings")
+                         "layout) plus OUT with suffix .json holding network arguments, codec and settings; an "
+                         "OUT ending in .safetensors is written with safetensors")
     ex.add_argument("--preset", default=None, help="only for old checkpoints without saved settings")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--torchscript", default=None, metavar="TS",

@@ -199,3 +199,22 @@ def test_merged_bundle_keeps_the_zoo_weight_layout(adapted):
     (root / "models" / "model.json").unlink()
     with pytest.raises(ValueError, match="model.json next to it, which is missing"):
         load_generator(root / "models" / "model.pt")
+
+
+def test_zoo_layout_with_safetensors_weights(tmp_path):
+    """`busgen export --layout zoo OUT.safetensors`: safetensors weights + JSON, loaded through the same path with the
+    same weights as the shipped file; a .safetensors file without its JSON is refused naming it."""
+    from safetensors.torch import load_file
+
+    from busgen_monai.inferers import default_generator, load_generator
+
+    out = tmp_path / "gen.safetensors"
+    assert main(["export", str(default_generator()), str(out), "--layout", "zoo"]) == 0
+    assert (tmp_path / "gen.json").is_file() and set(load_file(str(out))) == set(load_generator(out)[0].state_dict())
+    ref, _ = load_generator(default_generator())
+    got, codec = load_generator(out)
+    assert all(torch.equal(ref.state_dict()[k], v) for k, v in got.state_dict().items())
+    assert codec.pathologies == ["benign", "malignant"]
+    (tmp_path / "gen.json").unlink()
+    with pytest.raises(ValueError, match="gen.json next to it, which is missing"):
+        load_generator(out)

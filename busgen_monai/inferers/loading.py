@@ -65,7 +65,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     only, so a shared file can never run code while it loads."""
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":  # zoo layout with safetensors weights (no pickle at all)
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot read checkpoint {path} (weights-only loading: tensors and plain containers; "
                          f"a file holding pickled objects is refused): {str(err).splitlines()[0]}") from err
@@ -237,7 +242,8 @@ def export_generator(checkpoint: str | os.PathLike | Mapping[str, Any], out: str
 
     ``layout="file"`` (default): one file holding everything. ``layout="zoo"``: the model zoo's layout, ``out`` is a
     bare state dict (``network_def.load_state_dict(torch.load(out, weights_only=True))`` works as MONAI's bundle
-    tools expect) and the network arguments, codec and settings go to ``out`` with suffix ``.json`` as plain JSON;
+    tools expect; an ``out`` ending in ``.safetensors`` is written with safetensors instead of torch's format) and the
+    network arguments, codec and settings go to ``out`` with suffix ``.json`` as plain JSON;
     :func:`read_checkpoint` reads the pair back. The latent family (which carries its autoencoder) only has the
     one-file layout.
 
@@ -275,7 +281,14 @@ def export_generator(checkpoint: str | os.PathLike | Mapping[str, Any], out: str
             raise ValueError("a latent generator carries its autoencoder and ships as one file (layout='file')")
         spec = {k: v for k, v in payload.items() if k != "network"}
         text = json.dumps(spec, indent=1)  # plain JSON only: a spec with tensors or objects is refused here
-        path = atomic_torch_save(payload["network"], out)
+        if Path(out).suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            tmp = Path(out).with_name(Path(out).name + ".tmp")
+            save_file({k: v.contiguous() for k, v in payload["network"].items()}, str(tmp))
+            path = Path(os.replace(tmp, out) or out)
+        else:
+            path = atomic_torch_save(payload["network"], out)
         atomic_write_text(Path(out).with_suffix(".json"), text + "\n")
         return path
     if layout != "file":
