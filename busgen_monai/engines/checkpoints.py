@@ -22,7 +22,7 @@ from torch import nn
 from ._common import unwrap_network
 
 __all__ = ["NetworkArgsRecord", "SettingsRecord", "TrainerCheckpointSaver", "ResumeCheckpointLoader", "latest_checkpoint",
-           "attach_handlers"]
+           "resolve_checkpoint", "attach_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +159,16 @@ def attach_handlers(engine: Any, handlers: Any) -> Any:
         if h is not None:
             h.attach(engine)
     return engine
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the newest ``*.pt`` in a folder (``models/`` of a training run)."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint (*.pt) in {path}; train first or point at a .pt file")
+        return Path(found)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path

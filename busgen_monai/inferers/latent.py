@@ -215,7 +215,7 @@ class AutoencoderRecord:
 def read_autoencoder_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read an autoencoder checkpoint (``bundles/busgen_autoencoder``: ``network`` + ``network_kwargs``; a folder
     means its newest ``*.pt``) with ``torch.load(weights_only=True)``."""
-    from .loading import resolve_checkpoint
+    from ..engines.checkpoints import resolve_checkpoint
 
     path = resolve_checkpoint(path)
     try:

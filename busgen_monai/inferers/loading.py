@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ..engines.checkpoints import resolve_checkpoint
+
 __all__ = [
     "read_checkpoint", "generator_state", "network_kwargs_of", "generator_settings", "load_generator",
     "export_generator", "resolve_checkpoint", "default_generator",
@@ -42,21 +44,6 @@ def default_generator() -> Path:
     if path is None or not path.is_file():
         raise FileNotFoundError("the shipped generator (bundles/busgen_sample/models/model.pt) is not installed; "
                                 "pass a checkpoint of your own (--checkpoint PATH)")
-    return path
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or the newest ``*.pt`` in a folder (``models/`` of a training run)."""
-    path = Path(path)
-    if path.is_dir():
-        from ..engines import latest_checkpoint
-
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint (*.pt) in {path}; train first or point at a .pt file")
-        return Path(found)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path
 
 
