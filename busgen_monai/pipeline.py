@@ -354,6 +354,19 @@ STAGES: list[Stage] = [
           inputs={"model_path": "nyu_train.model", "datalists": ["phantom.datalist"]},
           params={"group_by": "patient", "n_bootstrap": 1000},
           outputs={"report": "eval/report.json", "html": "eval/report.html"}, summarize=_nyu_summary),
+    Stage("latent_ae", "second generator family (CoLDiT-style): MONAI AutoencoderKL on the phantom, reconstruction "
+          "report", bundle="busgen_autoencoder", config="train,preset_cpu_tiny", inputs={"datalist": "phantom.datalist"},
+          params={"num_workers": 0, "progress_bar": False},
+          outputs={"models": "models", "report": "reconstruction.json", "grid": "reconstruction.png"}),
+    Stage("latent", "latent diffusion transformer (adaLN-Zero DiT, BI-RADS/pathology/device classes) on the "
+          "autoencoder's latents, through MONAI's LatentDiffusionInferer", bundle="busgen_latent",
+          config="train,preset_cpu_tiny", inputs={"datalist": "phantom.datalist", "autoencoder_checkpoint": "latent_ae.models"},
+          params={"num_workers": 0, "progress_bar": False}, outputs={"model": "model.pt"}),
+    Stage("latent_sample", "a BI-RADS-balanced set from the latent generator (the sample bundle, latent overlay)",
+          bundle="busgen_sample", config="inference,latent",
+          inputs={"checkpoint": "latent.model", "datalist": "phantom.datalist"},
+          params={"num_images": 16, "num_inference_steps": 10, "birads": ["2", "3", "4a", "5"], "progress": False},
+          outputs={"datalist": "datalist.json", "grid": "sample_grid.png"}, summarize=_sample_summary, threads=0),
     Stage("deploy", "MONAI Deploy app on the phantom PACS export: DICOM SR + saliency Secondary Capture per study",
           run=_deploy, inputs={"pacs_export": "phantom.pacs_export", "model": "classify_train.model"},
           outputs={"results": "out", "report": "out/run_report.json"}),
@@ -368,7 +381,8 @@ FINAL = {"phantom.pacs_export", "ingest.rejects", "ingest.report", "datalist.sum
          "pretrain.samples", "adapt.peft_adapter", "adapt.samples", "package.zip", "package.hub", "package.pulled",
          "sample.grid", "audit.summary", "guarded_sample.guard_stats", "audit_guarded.summary", "clean.summary",
          "clean.rejects_grid", "classify.report", "classify.html", "nyu.report", "nyu.html", "deploy.results",
-         "deploy.report", "reader_study.study", "reader_study.codes", "detect.report", "detect.html"}
+         "deploy.report", "reader_study.study", "reader_study.codes", "detect.report", "detect.html",
+         "latent_ae.report", "latent_ae.grid", "latent_sample.datalist", "latent_sample.grid"}
 
 
 def stage_graph(stages: list[Stage] = STAGES) -> dict[str, set[str]]:
