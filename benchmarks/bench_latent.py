@@ -64,22 +64,19 @@ def load_real(out: Path, size: int) -> dict:
     """Real crops (the pixel generator's view: box-centred square, as its training/validation transforms) per split."""
     cache = out / f"real_{size}.pt"
     if cache.is_file():
-        return torch.load(cache, weights_only=False)
-    from monai.transforms import Compose, Resized, ScaleIntensityRanged
-
+        try:
+            return torch.load(cache, weights_only=True)
+        except Exception:  # noqa: BLE001 - an older cache (MONAI MetaTensors) is rebuilt
+            _log(f"rebuilding {cache} (not loadable weights-only)")
     from busgen_monai.data.loaders import load_bus_bra
-    from busgen_monai.data.transforms import BoxSquareCropd, LoadUltrasoundImaged
+    from busgen_monai.data.transforms import bus_train_transforms
 
     data = load_bus_bra(BUS_BRA, check_masks=False)
-    xf = Compose([LoadUltrasoundImaged("image", channels=1),
-                  ScaleIntensityRanged("image", 0, 255, -1, 1, clip=True),
-                  Resized("image", 2 * size, size_mode="longest", mode="area"),
-                  BoxSquareCropd("image", box_key="boxes", min_scale=1.0),
-                  Resized("image", (size, size), mode="area")])
-    res = {"datalist": data}
+    xf = bus_train_transforms(None, size, augment=False)  # the generators' own validation view: box-keeping crop
+    res = {"datalist": json.loads(json.dumps(data, default=str))}  # plain containers: loads weights-only
     for split in ("training", "validation", "test"):
         items = data[split]
-        ims = torch.stack([torch.as_tensor(xf(dict(it))["image"]).float() for it in items])
+        ims = torch.stack([xf(dict(it))["image"].as_subclass(torch.Tensor).float() for it in items])
         res[split] = {"images": ims, "pathology": [it["pathology"] for it in items],
                       "birads": [str(it["birads"]) for it in items], "device": [it["device"] for it in items],
                       "patient": [it["patient_id"] for it in items], "boxes": [it["boxes"] for it in items]}
@@ -382,7 +379,6 @@ def main() -> None:
 
     # half-real experiment
     from busgen_monai.evaluation.stats import delong_ci, delong_test
-    from busgen_monai.evaluation.metrics import auroc
 
     patients = sorted(set(tr["patient"]))
     rng = np.random.default_rng(0)
