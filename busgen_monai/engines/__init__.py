@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .checkpoints import attach_handlers
+from .distributed import end_process_group
 from .handlers import (
     DiffusionValidationLossHandler,
     EMAHandler,
@@ -23,6 +24,7 @@ from .losses import LOSS_WEIGHTINGS, DiffusionLoss
 
 __all__ = [
     "attach_handlers",
+    "end_process_group",
     "DROP_MODES",
     "ConditionalDiffusionPrepareBatch",
     "DiffusionLoss",
