@@ -133,7 +133,7 @@ def test_multi_gpu_overlay_on_two_cpu_processes(phantom, tmp_path):
     dump.write_text(json.dumps({"finalize": [
         "$torch.save({n: p.detach().cpu() for n, p in @network_def.named_parameters() if p.requires_grad}, "
         "os.path.join(@output_dir, 'trainable_rank%d.pt' % @rank))",
-        "$dist.is_initialized() and dist.destroy_process_group()",
+        {"_target_": "busgen_monai.engines.end_process_group"},
     ]}))
     out = tmp_path / "ddp"
     kwargs = {"config_file": [str(p) for p in config_bases(BUNDLE / "configs/multi_gpu_train.json")] + [str(dump)], "bundle_root": str(BUNDLE),

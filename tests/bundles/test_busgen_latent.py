@@ -86,8 +86,8 @@ def test_configs_parse_with_every_preset(datalist):
         readme = (b / "docs" / "README.md").read_text()
         assert "python -m monai.bundle run" in readme and "torchrun" in readme
         multi = json.loads((b / "configs" / "multi_gpu_train.json").read_text())
-        # every rank passes a barrier before the process group goes (as the pretrain overlay)
-        assert multi["finalize"][-1] == "$dist.is_initialized() and (dist.barrier() or dist.destroy_process_group())"
+        # every multi-GPU overlay ends with the one shared end of a torchrun run (barrier, destroy, ranks > 0 exit)
+        assert multi["finalize"][-1] == {"_target_": "busgen_monai.engines.end_process_group"}
 
 
 def test_autoencoder_latent_and_sample_bundles_on_the_phantom(datalist, tmp_path):

@@ -128,7 +128,7 @@ def test_multi_gpu_overlay_on_two_cpu_processes(datalist, tmp_path):
     dump.write_text(json.dumps({"finalize": [
         "$torch.save(busgen_monai.engines.unwrap_network(@network).state_dict(), "
         "os.path.join(@output_dir, 'rank%d.pt' % @rank))",
-        "$dist.is_initialized() and dist.destroy_process_group()",
+        {"_target_": "busgen_monai.engines.end_process_group"},
     ]}))
     out = tmp_path / "ddp"
     kwargs = {"config_file": [str(TRAIN), str(MULTI), str(dump)], "bundle_root": str(BUNDLE), **FAST,
