@@ -58,6 +58,7 @@ __all__ = [
     "max_boxes_of",
     "pack_conditions",
     "unpack_conditions",
+    "resolve_conditions",
     "null_conditions",
     "drop_conditions",
     "render_box_mask",
@@ -178,6 +179,45 @@ def pack_conditions(
             out[i, NUM_SCALAR_CONDITIONS:] = torch.from_numpy(_box_slots(item_boxes, max_boxes))
     return out[:, None, :]
 
+
+
+def resolve_conditions(context: torch.Tensor | Mapping | None, class_labels: torch.Tensor | Mapping | None,
+                       batch: int, device: torch.device | str) -> Conditions:
+    """The conditions a generator's ``forward`` was given, as :class:`Conditions` for a batch of ``batch``.
+
+    Accepts either ``context`` or ``class_labels`` (not both): a packed ``(B, 1, K)`` tensor, a ``(B,)`` pathology-id
+    tensor, a mapping with ``pathology``/``device``/``birads``/``boxes`` (boxes as a ``(B, M, 4)`` tensor or per-item
+    lists), or ``None`` (all null). A batch of 1 is broadcast to ``batch``. Shared by every generator network (the
+    pixel U-Net and the latent DiT) so they read conditions identically.
+    """
+    if context is not None and class_labels is not None:
+        raise ValueError("pass the conditions either as `context` or as `class_labels`, not both")
+    cond = context if context is not None else class_labels
+    if cond is None:
+        return unpack_conditions(pack_conditions(batch_size=batch, max_boxes=1).to(device))
+    if isinstance(cond, Mapping):
+        unknown = set(cond) - {"pathology", "device", "birads", "boxes"}
+        if unknown:
+            raise KeyError(f"unknown condition keys {sorted(unknown)}; use pathology, device, birads, boxes")
+        boxes = cond.get("boxes")
+        if boxes is None:
+            max_boxes = 1
+        elif isinstance(boxes, torch.Tensor):
+            max_boxes = max(1, boxes.shape[1])
+        else:
+            max_boxes = max([len(b) for b in boxes] + [1])
+        cond = pack_conditions(
+            cond.get("pathology"), cond.get("device"), cond.get("birads"), boxes, max_boxes=max_boxes
+        ).to(device)
+    elif cond.dim() == 1:
+        cond = pack_conditions(pathology=cond, max_boxes=1).to(device)
+    parts = unpack_conditions(cond)
+    if parts.batch_size not in (batch, 1):
+        raise ValueError(f"conditions have batch size {parts.batch_size} but x has {batch}")
+    if parts.batch_size == 1 and batch > 1:
+        fields = (parts.pathology, parts.device, parts.birads, parts.boxes, parts.box_valid)
+        parts = Conditions(*(t.expand(batch, *t.shape[1:]) for t in fields))
+    return parts
 
 def _box_slots(boxes: Any, max_boxes: int) -> np.ndarray:
     arr = np.asarray(boxes if boxes is not None else [], dtype=np.float32).reshape(-1, 4)

@@ -36,7 +36,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock, get_timestep_embedding
 from torch import nn
 
-from ..data.conditions import Conditions, pack_conditions, render_box_mask, unpack_conditions
+from ..data.conditions import Conditions, render_box_mask, resolve_conditions
 
 __all__ = [
     "BOX_CONDITION_MODES",
@@ -297,34 +297,7 @@ class ConditionalDiffusionUNet(DiffusionModelUNet):
 
     # ------------------------------------------------------------------ conditions
     def _conditions(self, context, class_labels, batch: int, device: torch.device) -> Conditions:
-        if context is not None and class_labels is not None:
-            raise ValueError("pass the conditions either as `context` or as `class_labels`, not both")
-        cond = context if context is not None else class_labels
-        if cond is None:
-            return unpack_conditions(pack_conditions(batch_size=batch, max_boxes=1).to(device))
-        if isinstance(cond, Mapping):
-            unknown = set(cond) - {"pathology", "device", "birads", "boxes"}
-            if unknown:
-                raise KeyError(f"unknown condition keys {sorted(unknown)}; use pathology, device, birads, boxes")
-            boxes = cond.get("boxes")
-            if boxes is None:
-                max_boxes = 1
-            elif isinstance(boxes, torch.Tensor):
-                max_boxes = max(1, boxes.shape[1])
-            else:
-                max_boxes = max([len(b) for b in boxes] + [1])
-            cond = pack_conditions(
-                cond.get("pathology"), cond.get("device"), cond.get("birads"), boxes, max_boxes=max_boxes
-            ).to(device)
-        elif cond.dim() == 1:
-            cond = pack_conditions(pathology=cond, max_boxes=1).to(device)
-        parts = unpack_conditions(cond)
-        if parts.batch_size not in (batch, 1):
-            raise ValueError(f"conditions have batch size {parts.batch_size} but x has {batch}")
-        if parts.batch_size == 1 and batch > 1:
-            fields = (parts.pathology, parts.device, parts.birads, parts.boxes, parts.box_valid)
-            parts = Conditions(*(t.expand(batch, *t.shape[1:]) for t in fields))
-        return parts
+        return resolve_conditions(context, class_labels, batch, device)
 
     def box_mask(
         self, cond: Conditions, spatial_size: Sequence[int], dtype: torch.dtype = torch.float32

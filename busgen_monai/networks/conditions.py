@@ -20,6 +20,7 @@ from busgen_monai.data.conditions import (  # noqa: F401 - re-exports
     null_conditions,
     pack_conditions,
     render_box_mask,
+    resolve_conditions,
     unpack_conditions,
     valid_boxes,
 )

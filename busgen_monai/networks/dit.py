@@ -38,7 +38,7 @@ from monai.networks.blocks import MLPBlock, PatchEmbeddingBlock, SABlock
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
-from ..data.conditions import Conditions, pack_conditions, unpack_conditions
+from ..data.conditions import Conditions, resolve_conditions
 from .conditional_unet import FourierBoxEmbedding, _json_safe
 
 __all__ = ["DIT_SIZES", "DiTBlock", "DiTFinalLayer", "ConditionalDiT"]
@@ -183,28 +183,7 @@ class ConditionalDiT(nn.Module):
 
     # ------------------------------------------------------------------ conditions
     def _conditions(self, context, class_labels, batch: int, device: torch.device) -> Conditions:
-        if context is not None and class_labels is not None:
-            raise ValueError("pass the conditions either as `context` or as `class_labels`, not both")
-        cond = context if context is not None else class_labels
-        if cond is None:
-            return unpack_conditions(pack_conditions(batch_size=batch, max_boxes=1).to(device))
-        if isinstance(cond, Mapping):
-            unknown = set(cond) - {"pathology", "device", "birads", "boxes"}
-            if unknown:
-                raise KeyError(f"unknown condition keys {sorted(unknown)}; use pathology, device, birads, boxes")
-            boxes = cond.get("boxes")
-            max_boxes = 1 if boxes is None else max([len(b) for b in boxes] + [1])
-            cond = pack_conditions(cond.get("pathology"), cond.get("device"), cond.get("birads"), boxes,
-                                   max_boxes=max_boxes).to(device)
-        elif cond.dim() == 1:
-            cond = pack_conditions(pathology=cond, max_boxes=1).to(device)
-        parts = unpack_conditions(cond)
-        if parts.batch_size not in (batch, 1):
-            raise ValueError(f"conditions have batch size {parts.batch_size} but x has {batch}")
-        if parts.batch_size == 1 and batch > 1:
-            fields = (parts.pathology, parts.device, parts.birads, parts.boxes, parts.box_valid)
-            parts = Conditions(*(t.expand(batch, *t.shape[1:]) for t in fields))
-        return parts
+        return resolve_conditions(context, class_labels, batch, device)
 
     def condition_vector(self, cond: Conditions) -> torch.Tensor:
         """Sum of the condition embeddings ``(B, hidden_size)`` (null rows for null conditions)."""
