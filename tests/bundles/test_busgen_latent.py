@@ -5,7 +5,6 @@ overlay. The two multi-GPU overlays train on two CPU ranks (torchrun, gloo; slow
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.bundles._monai_cli import monai_bundle_run, test_env
 
 ROOT = Path(__file__).resolve().parents[2]
 AE_BUNDLE = ROOT / "bundles" / "busgen_autoencoder"
@@ -33,9 +34,7 @@ def datalist(tmp_path_factory) -> Path:
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    return test_env()
 
 
 def _configs(bundle: Path, *names: str) -> list[str]:
@@ -43,19 +42,7 @@ def _configs(bundle: Path, *names: str) -> list[str]:
 
 
 def _bundle_run(bundle: Path, files: list[str], overrides: dict, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` as the bundles' docs say (``monai.bundle.run`` directly when ``fire`` is
-    missing)."""
-    kwargs = {"config_file": files if len(files) > 1 else files[0], "bundle_root": str(bundle), **overrides}
-    if importlib.util.find_spec("fire") is not None:
-        cmd = [sys.executable, "-m", "monai.bundle", "run"]
-        for key, value in kwargs.items():
-            cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    else:
-        cmd = [sys.executable, "-c", "import json, sys; from monai.bundle import run; run(**json.loads(sys.argv[1]))",
-               json.dumps(kwargs)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return monai_bundle_run(bundle, files, overrides, timeout)
 
 
 def test_configs_parse_with_every_preset(datalist):

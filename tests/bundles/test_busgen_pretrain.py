@@ -3,7 +3,6 @@ two CPU processes (torchrun, gloo) and both ranks end with identical weights."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.bundles._monai_cli import monai_bundle_run, test_env
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "busgen_pretrain"
@@ -30,26 +31,11 @@ def datalist(tmp_path_factory) -> Path:
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    return test_env()
 
 
 def _bundle_run(config_files: list[Path], overrides: dict, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` (``fire`` parses the command line); without ``fire`` installed the same
-    ``monai.bundle.run`` is called with the same arguments."""
-    files = [str(f) for f in config_files]
-    kwargs = {"config_file": files if len(files) > 1 else files[0], "bundle_root": str(BUNDLE), **overrides}
-    if importlib.util.find_spec("fire") is not None:
-        cmd = [sys.executable, "-m", "monai.bundle", "run"]
-        for key, value in kwargs.items():
-            cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    else:
-        cmd = [sys.executable, "-c", "import json, sys; from monai.bundle import run; run(**json.loads(sys.argv[1]))",
-               json.dumps(kwargs)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return monai_bundle_run(BUNDLE, config_files, overrides, timeout)
 
 
 def test_configs_parse_presets_and_metadata(datalist):
