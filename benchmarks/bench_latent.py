@@ -127,42 +127,63 @@ def train_autoencoder(out: Path, real: dict, steps: int, seed: int = 0):
     return ae, info
 
 
-def train_dit(out: Path, real: dict, ae, codec, steps: int, seed: int = 0):
+def train_dit(out: Path, real: dict, ae, codec, args, seed: int = 0):
+    """Train the DiT on the autoencoder's latents (resumable: ``dit_resume.pt`` every ``--save-every`` steps)."""
     from monai.networks.schedulers import DDPMScheduler
 
     from busgen_monai.data.conditions import drop_conditions
+    from busgen_monai.engines.losses import min_snr_weights
     from busgen_monai.inferers import AutoencoderRecord, NetworkClassRecord
-    from busgen_monai.networks import ConditionalDiT
+    from busgen_monai.networks import DIT_SIZES, ConditionalDiT
 
     path = out / "latent_model.pt"
     if path.is_file():
         return path, torch.load(path, weights_only=True)["info"]
+    steps, batch, lr = args.dit_steps, args.dit_batch, args.dit_lr
     torch.manual_seed(seed)
     tr = real["training"]
     with torch.no_grad():
         z = torch.cat([ae.encode(tr["images"][i:i + 128])[0] for i in range(0, len(tr["images"]), 128)])
+        if args.centre_latents:  # per-channel standardisation folded into the autoencoder (exact)
+            mean, std = z.mean((0, 2, 3)), z.std((0, 2, 3))
+            ae.standardise_latents_(mean, std)
+            _log(f"latents centred: channel means {[round(v, 3) for v in mean.tolist()]}, "
+                 f"stds {[round(v, 3) for v in std.tolist()]}")
+            z = torch.cat([ae.encode(tr["images"][i:i + 128])[0] for i in range(0, len(tr["images"]), 128)])
         zf = torch.cat([ae.encode(tr["images"][i:i + 128].flip(-1))[0] for i in range(0, len(tr["images"]), 128)])
     scale = 1.0 / float(z.std())
     z, zf = z * scale, zf * scale
     cond = codec.pack_names(tr["pathology"], tr["device"], tr["birads"])
-    net = ConditionalDiT(in_channels=4, input_size=z.shape[-1], patch_size=2, hidden_size=128, depth=4, num_heads=4,
+    net = ConditionalDiT(in_channels=4, input_size=z.shape[-1], patch_size=2, **DIT_SIZES[args.dit_size],
                          conditions=("pathology", "device", "birads"), **codec.network_kwargs())
-    ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.995))
+    ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
     T = 1000
     ddpm = DDPMScheduler(num_train_timesteps=T, schedule="linear_beta", beta_start=1e-4, beta_end=0.02)
-    opt = torch.optim.AdamW(net.parameters(), lr=6e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-4, total_steps=steps, pct_start=0.03)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.03)
+    resume, start, spent = out / "dit_resume.pt", 0, 0.0
+    if resume.is_file():
+        st = torch.load(resume, weights_only=False)
+        net.load_state_dict(st["network"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["lr_scheduler"])
+        torch.set_rng_state(st["rng"])
+        start, spent = st["step"], st["train_s"]
+        _log(f"DiT resumed at step {start}/{steps}")
     t0 = time.time()
-    for step in range(steps):
-        idx = torch.randint(0, len(z), (32,))
-        flip = (torch.rand(32) < 0.5)[:, None, None, None]
+    for step in range(start, steps):
+        idx = torch.randint(0, len(z), (batch,))
+        flip = (torch.rand(batch) < 0.5)[:, None, None, None]
         x0 = torch.where(flip, zf[idx], z[idx])
         noise = torch.randn_like(x0)
-        t = torch.randint(0, T, (32,))
+        t = torch.randint(0, T, (batch,))
         xt = ddpm.add_noise(x0, noise, t)
-        drop = torch.rand(32) < 0.1
+        drop = torch.rand(batch) < 0.1
         c = drop_conditions(cond[idx], {k: drop for k in ("pathology", "device", "birads", "boxes")})
-        loss = torch.nn.functional.mse_loss(net(xt, t, context=c), noise)
+        per_item = (net(xt, t, context=c) - noise).pow(2).flatten(1).mean(1)
+        w = min_snr_weights(ddpm.alphas_cumprod, t) if args.weighting == "min_snr" else torch.ones_like(per_item)
+        loss = (w * per_item).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -170,8 +191,15 @@ def train_dit(out: Path, real: dict, ae, codec, steps: int, seed: int = 0):
         sched.step()
         ema.update_parameters(net)
         if step % 250 == 0:
-            _log(f"DiT step {step}/{steps} loss {float(loss):.4f}")
-    info = {"steps": steps, "train_s": time.time() - t0, "scale_factor": scale,
+            _log(f"DiT step {step}/{steps} loss {float(loss):.4f} ({(time.time() - t0) / max(step - start, 1):.3f} s/step)")
+        if (step + 1) % args.save_every == 0 and step + 1 < steps:
+            torch.save({"network": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                        "lr_scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
+                        "train_s": spent + time.time() - t0}, resume.with_suffix(".tmp"))
+            resume.with_suffix(".tmp").replace(resume)
+    info = {"steps": steps, "train_s": spent + time.time() - t0, "scale_factor": scale, "size": args.dit_size,
+            "batch": batch, "lr": lr, "weighting": args.weighting, "ema": args.ema,
+            "centre_latents": bool(args.centre_latents), "threads": torch.get_num_threads(),
             "parameters_M": sum(p.numel() for p in net.parameters()) / 1e6}
     settings = {"image_size": 64, "image_channels": 1, "num_train_timesteps": T, "beta_start": 1e-4,
                 "beta_end": 0.02, "guidance_w": 1.8, "family": "latent"}
@@ -191,12 +219,15 @@ def dpm(settings: dict, clip: bool = False):
 
 
 # ----------------------------------------------------------------------------------------------------------- speed
-def speed(latent_ckpt: Path, steps: int, batch: int = 8, repeats: int = 2) -> dict:
+def speed(latent_ckpt: Path, steps_list: list[int], main_steps: int, batch: int = 8, repeats: int = 2) -> dict:
+    """s/image of both families at 64 and 128 px for every solver step count in ``steps_list``, on one thread."""
     from busgen_monai.inferers import GuidedDiffusionInferer, default_generator, generator_settings, load_generator
     from busgen_monai.inferers.latent import LatentDiffusionModel
     from busgen_monai.networks import ConditionalDiT, LatentAutoencoderKL
     from busgen_monai.presets import build_network, get_preset
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     res = {}
     pix, pcodec = load_generator(default_generator())
     lat, lcodec = load_generator(latent_ckpt)
@@ -209,29 +240,53 @@ def speed(latent_ckpt: Path, steps: int, batch: int = 8, repeats: int = 2) -> di
     psched = dpm(generator_settings(default_generator()), clip=True)
     for size, models in ((64, {"pixel": (pix, pcodec, psched), "latent": (lat, lcodec, sched)}),
                          (128, {"pixel": (pix128, pcodec, psched), "latent": (lat128, lcodec, sched)})):
-        times = {name: [] for name in models}
-        for r in range(repeats):  # interleaved, so load from other processes hits both alike; best of the repeats
-            for name, (net, codec, sc) in models.items():
-                inf = GuidedDiffusionInferer(sc, guidance_scale=1.8, num_inference_steps=steps)
-                cond = codec.pack_names(["benign", "malignant"] * (batch // 2))
-                g = torch.Generator().manual_seed(r)
-                shape = net.latent_shape(size) if isinstance(net, LatentDiffusionModel) else (1, size, size)
-                noise = torch.randn(batch, *shape, generator=g)
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    x = inf.sample(noise, net, conditioning=cond, verbose=False)
-                    if isinstance(net, LatentDiffusionModel):
-                        x = net.decode(x)
-                times[name].append((time.perf_counter() - t0) / batch)
-        for name, (net, _, _) in models.items():
-            res[f"{name}_{size}px_s_per_image"] = float(min(times[name]))
-            res[f"{name}_{size}px_all_s_per_image"] = [round(v, 4) for v in times[name]]
-            res[f"{name}_{size}px_parameters_M"] = float(sum(p.numel() for p in net.parameters()) / 1e6)
-            _log(f"speed {name} {size}px: {min(times[name]):.3f} s/image ({times[name]})")
+        for steps in steps_list:
+            times = {name: [] for name in models}
+            for r in range(repeats):  # interleaved, so load from other processes hits both alike; best of the repeats
+                for name, (net, codec, sc) in models.items():
+                    inf = GuidedDiffusionInferer(sc, guidance_scale=1.8, num_inference_steps=steps)
+                    cond = codec.pack_names(["benign", "malignant"] * (batch // 2))
+                    g = torch.Generator().manual_seed(r)
+                    shape = net.latent_shape(size) if isinstance(net, LatentDiffusionModel) else (1, size, size)
+                    noise = torch.randn(batch, *shape, generator=g)
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        x = inf.sample(noise, net, conditioning=cond, verbose=False)
+                        if isinstance(net, LatentDiffusionModel):
+                            x = net.decode(x)
+                    times[name].append((time.perf_counter() - t0) / batch)
+            for name, (net, _, _) in models.items():
+                res[f"{name}_{size}px_{steps}steps_s_per_image"] = float(min(times[name]))
+                if steps == main_steps:
+                    res[f"{name}_{size}px_s_per_image"] = float(min(times[name]))
+                    res[f"{name}_{size}px_all_s_per_image"] = [round(v, 4) for v in times[name]]
+                res[f"{name}_{size}px_parameters_M"] = float(sum(p.numel() for p in net.parameters()) / 1e6)
+                _log(f"speed {name} {size}px {steps} steps: {min(times[name]):.3f} s/image ({times[name]})")
         res[f"speedup_{size}px"] = res[f"pixel_{size}px_s_per_image"] / res[f"latent_{size}px_s_per_image"]
-    res.update({"steps": steps, "batch": batch, "threads": torch.get_num_threads(), "sampler": "DPM-Solver++(2M)",
-                "cfg": "batched, w = 1.8"})
+    res.update({"steps": main_steps, "steps_list": steps_list, "batch": batch, "threads": 1,
+                "sampler": "DPM-Solver++(2M)", "cfg": "batched, w = 1.8"})
+    torch.set_num_threads(threads)
     return res
+
+
+def matched_speedup(quality: dict, speed_res: dict, main_steps: int, proxy: str) -> dict:
+    """Speed-up of the latent model (at ``main_steps``) over the pixel model at *equal quality*.
+
+    The comparator is the pixel setting with the fewest solver steps whose ``proxy`` (lower is better) is at least as
+    good as the latent model's: the cheapest way the pixel model reaches the latent model's quality. When no tested
+    pixel setting is that good, the latent model is the better one and the comparator is the pixel model at its
+    most steps (the ratio is then a lower bound: the pixel model would need more steps to match).
+    ``pixel_reaches_latent_quality`` says which case it is."""
+    lat = quality["latent"][str(main_steps)][proxy]
+    pix = {int(k): v[proxy] for k, v in quality["pixel"].items()}
+    good = sorted(k for k, v in pix.items() if v <= lat)
+    comp = good[0] if good else max(pix)
+    out = {"proxy": proxy, "latent_steps": main_steps, "latent_value": lat, "pixel_steps": comp,
+           "pixel_value": pix[comp], "pixel_reaches_latent_quality": bool(good)}
+    for size in (64, 128):
+        out[f"speedup_{size}px"] = (speed_res[f"pixel_{size}px_{comp}steps_s_per_image"]
+                                    / speed_res[f"latent_{size}px_{main_steps}steps_s_per_image"])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------- generation
@@ -305,14 +360,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/bench_latent")
     ap.add_argument("--ae-steps", type=int, default=800)
-    ap.add_argument("--dit-steps", type=int, default=3000)
+    ap.add_argument("--dit-steps", type=int, default=12000)
+    ap.add_argument("--dit-size", default="cpu", help="a key of busgen_monai.networks.DIT_SIZES")
+    ap.add_argument("--dit-batch", type=int, default=32)
+    ap.add_argument("--dit-lr", type=float, default=3e-4)
+    ap.add_argument("--weighting", choices=("none", "min_snr"), default="min_snr")
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--no-centre-latents", dest="centre_latents", action="store_false",
+                    help="keep the scalar latent scale only (no per-channel standardisation)")
+    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for training and generation")
     ap.add_argument("--steps", type=int, default=20, help="solver steps for every generator")
-    ap.add_argument("--n-quality", type=int, default=128, help="images per generator for the quality proxy")
+    ap.add_argument("--n-quality", type=int, default=192, help="images per generator for the quality proxy")
+    ap.add_argument("--quality-steps", default="5,10,20",
+                    help="solver step counts at which both generators are timed and scored (equal-quality matching)")
     ap.add_argument("--clf-steps", type=int, default=600)
     ap.add_argument("--max-synthetic", type=int, default=None, help="cap the half-real synthetic set (smoke runs)")
     ap.add_argument("--publish", action="store_true", help="copy results to docs/benchmarks/latent_results.*")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"settings": vars(args), "walls_s": {}}
@@ -333,30 +399,40 @@ def main() -> None:
     ae, ae_info = train_autoencoder(out, real, args.ae_steps)
     results["autoencoder"] = ae_info
     part("train_autoencoder")
-    ckpt, dit_info = train_dit(out, real, ae, codec, args.dit_steps)
+    ckpt, dit_info = train_dit(out, real, ae, codec, args)
     results["dit"] = dit_info
     part("train_dit")
 
-    results["speed"] = speed(ckpt, args.steps)
+    steps_list = sorted({int(v) for v in args.quality_steps.split(",")} | {args.steps})
+    results["speed"] = speed(ckpt, steps_list, args.steps)
     part("speed")
 
-    # quality proxy: both generators, same steps, n images each
-    from bench_sample import N_DEEP, _feature_net, _features, _kid, _proxies
+    # quality proxy: both generators at every step count, n images each
+    from bench_sample import N_DEEP, _feature_net, _features, _proxies
     from busgen_monai.inferers import default_generator
 
     fnet = _feature_net()
     feat = lambda ims: _features(ims.repeat(1, 3, 1, 1), fnet)  # noqa: E731
     real_test_f = feat(real["test"]["images"])
-    gen_lat = generate(ckpt, out / "gen_latent_quality", args.n_quality, data, args.steps, birads=BIRADS)
-    gen_pix = generate(default_generator(), out / "gen_pixel_quality", args.n_quality, data, args.steps)
+    quality = {"latent": {}, "pixel": {}}
+    gens = {}
+    for steps in steps_list:
+        for name, src in (("latent", ckpt), ("pixel", default_generator())):
+            g = generate(src, out / f"gen_{name}_quality_{steps}", args.n_quality, data, steps,
+                         birads=BIRADS if name == "latent" else None)
+            gens[(name, steps)] = g
+            quality[name][str(steps)] = {**_proxies(feat(g["images"]), real_test_f, N_DEEP),
+                                         "wall_s_per_image": g["wall_s"] / args.n_quality}
+            _log(f"quality {name} {steps} steps: {quality[name][str(steps)]}")
+    gen_lat = gens[("latent", args.steps)]
     results["quality"] = {
-        "latent": {**_proxies(feat(gen_lat["images"]), real_test_f, N_DEEP), "wall_s_per_image":
-                   gen_lat["wall_s"] / args.n_quality},
-        "pixel": {**_proxies(feat(gen_pix["images"]), real_test_f, N_DEEP), "wall_s_per_image":
-                  gen_pix["wall_s"] / args.n_quality},
-        "floor_real_validation": {"kid": _kid(feat(real["validation"]["images"]), real_test_f)},
+        "latent": quality["latent"][str(args.steps)], "pixel": quality["pixel"][str(args.steps)],
+        "by_steps": quality,
+        "floor_real_validation": {**_proxies(feat(real["validation"]["images"]), real_test_f, N_DEEP)},
         "n_images": args.n_quality, "reference": f"real test crops ({len(real_test_f)})",
     }
+    results["matched"] = {proxy: matched_speedup(quality, results["speed"], args.steps, proxy)
+                          for proxy in ("kid", "kid_deep", "nn_dist")}
     part("quality")
 
     # BI-RADS classifier on real data; agreement on generated images

@@ -78,6 +78,37 @@ class LatentAutoencoderKL(AutoencoderKL):
             raise ValueError(f"image size {size} is not a multiple of the autoencoder's downsampling {self.downsample}")
         return (self.latent_channels, *(int(s) // self.downsample for s in size))
 
+    @torch.no_grad()
+    def standardise_latents_(self, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> None:
+        """Fold a per-channel latent standardisation into the 1x1 convolutions around the latent space, in place.
+
+        Afterwards ``encode`` returns ``(z_mu - mean) / std`` (and ``z_sigma / std``) and ``decode`` undoes it, so
+        ``decode(encode(x))`` is unchanged while the latents the diffusion model sees have zero mean and unit variance
+        per channel. A first stage trained with the usual tiny KL weight (1e-6) leaves channel means of one to two
+        standard deviations; a single ``scale_factor`` (Rombach et al. 2022) cannot centre them, and the denoiser
+        then spends capacity on the offsets (wrong offsets show as over- or under-exposed images). The map is exact
+        (linear layers), the state-dict keys stay MONAI's, and the scale of a later :func:`latent_scale_factor` is 1.
+        """
+        c = self.latent_channels
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.numel() != c or std.numel() != c:
+            raise ValueError(f"standardise_latents_: need {c} means and stds (one per latent channel), got "
+                             f"{mean.numel()} and {std.numel()}")
+        if not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
+            raise ValueError(f"standardise_latents_: stds must be > 0 and means finite, got {std.tolist()} / "
+                             f"{mean.tolist()}")
+        mu_conv = self.quant_conv_mu.conv
+        w = mu_conv.weight
+        mean, std = mean.to(w), std.to(w)
+        view = (-1,) + (1,) * (w.dim() - 1)
+        mu_conv.weight.div_(std.view(view))
+        mu_conv.bias.sub_(mean).div_(std)
+        self.quant_conv_log_sigma.conv.bias.sub_(2 * torch.log(std))  # sigma / std
+        post = self.post_quant_conv.conv  # z = z' * std + mean
+        post.bias.add_((post.weight.flatten(1) @ mean))
+        post.weight.mul_(std.view((1, -1) + (1,) * (w.dim() - 2)))
+
 
 def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, 1)) summed over latent elements, averaged over the batch (MONAI tutorials' form)."""
