@@ -13,6 +13,7 @@ from .latent import (
     is_latent,
     latent_scale_factor,
     load_autoencoder,
+    network_class_of,
 )
 from .loading import (
     default_generator,
@@ -34,6 +35,7 @@ __all__ = [
     "is_latent",
     "latent_scale_factor",
     "load_autoencoder",
+    "network_class_of",
     "BoxPrior",
     "GenerationResult",
     "GuidedDiffusionInferer",

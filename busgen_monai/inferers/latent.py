@@ -39,7 +39,7 @@ from ..engines.prepare_batch import ConditionalDiffusionPrepareBatch
 
 __all__ = [
     "LatentDiffusionModel", "LatentTrainingInferer", "LatentDiffusionPrepareBatch", "AutoencoderRecord",
-    "NetworkClassRecord", "latent_scale_factor", "load_autoencoder", "read_autoencoder_checkpoint",
+    "NetworkClassRecord", "centre_latents", "latent_scale_factor", "load_autoencoder", "read_autoencoder_checkpoint",
     "autoencoder_from_state", "network_class_of", "is_latent",
 ]
 
@@ -83,9 +83,12 @@ class LatentDiffusionModel(nn.Module):
         return shape
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> scaled latents (the posterior sample, as LatentDiffusionInferer encodes)."""
-        return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+    def encode(self, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents: the posterior sample, as LatentDiffusionInferer encodes, or with
+        ``sample=False`` the posterior mean (deterministic, e.g. for the CPSampling protector)."""
+        if sample:
+            return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+        return self.autoencoder.encode(images)[0] * self.scale_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -136,29 +139,49 @@ class LatentDiffusionPrepareBatch(ConditionalDiffusionPrepareBatch):
 
 
 @torch.no_grad()
+def _posterior_means(autoencoder: nn.Module, batches: Any, max_batches: int, device: str | torch.device,
+                     who: str) -> torch.Tensor:
+    ae = autoencoder.eval().to(device)
+    zs = []
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            if i >= max_batches:
+                break
+            images = batch["image"] if isinstance(batch, Mapping) else batch
+            images = torch.as_tensor(images).float().to(device)
+            if images.dim() == 3:
+                images = images[None]
+            z_mu, _ = ae.encode(images)
+            zs.append(z_mu.transpose(0, 1).flatten(1))  # (C, B*H*W)
+    if not zs:
+        raise ValueError(f"{who}: no images to estimate the latent statistics from (empty training split?)")
+    return torch.cat(zs, 1)
+
+
 def latent_scale_factor(autoencoder: nn.Module, batches: Any, max_batches: int = 4,
                         device: str | torch.device = "cpu") -> float:
     """``1 / std`` of the autoencoder's latents over the first ``max_batches`` batches (dicts with ``image``, or
     tensors) of a loader or dataset, so diffusion runs on latents of unit variance (Rombach et al. 2022). The
     posterior *mean* is used, so the value is deterministic (a resumed run recomputes the same scale); with the
     small KL weight of the first stage the posterior spread is negligible next to it."""
-    ae = autoencoder.eval().to(device)
-    zs = []
-    for i, batch in enumerate(batches):
-        if i >= max_batches:
-            break
-        images = batch["image"] if isinstance(batch, Mapping) else batch
-        images = torch.as_tensor(images).float().to(device)
-        if images.dim() == 3:
-            images = images[None]
-        z_mu, _ = ae.encode(images)
-        zs.append(z_mu.flatten())
-    if not zs:
-        raise ValueError("latent_scale_factor: no images to estimate the latent scale from (empty training split?)")
-    std = float(torch.cat(zs).std())
+    std = float(_posterior_means(autoencoder, batches, max_batches, device, "latent_scale_factor").std())
     if not std > 0:
         raise ValueError("latent_scale_factor: the autoencoder's latents have zero variance; train it first")
     return 1.0 / std
+
+
+def centre_latents(autoencoder: nn.Module, batches: Any, max_batches: int = 4,
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """Standardise the autoencoder's latents per channel (zero mean, unit std over the first ``max_batches``
+    batches, posterior means), folded exactly into its weights by
+    :meth:`~busgen_monai.networks.LatentAutoencoderKL.standardise_latents_`; returns the autoencoder. Deterministic,
+    so a resumed run rebuilds the same first stage (the checkpoint's copy is compared on resume)."""
+    z = _posterior_means(autoencoder, batches, max_batches, device, "centre_latents")
+    std = z.std(1)
+    if not bool((std > 0).all()):
+        raise ValueError("centre_latents: a latent channel has zero variance; train the autoencoder first")
+    _unwrap(autoencoder).standardise_latents_(z.mean(1), std)
+    return autoencoder
 
 
 class NetworkClassRecord:
@@ -210,6 +233,13 @@ class AutoencoderRecord:
             raise ValueError(f"the checkpoint to resume from used latent scale_factor "
                              f"{state_dict.get('scale_factor')} but the config computes {self.scale_factor}; pass "
                              "--scale_factor with the saved value")
+        saved = state_dict.get("network") or {}
+        differs = [k for k, v in mine["network"].items()
+                   if k in saved and not torch.allclose(torch.as_tensor(saved[k]).float(), v.float(), atol=1e-5)]
+        if differs:
+            raise ValueError(f"the checkpoint to resume from was trained on other autoencoder weights ({differs[0]} "
+                             "differs: another autoencoder checkpoint, or other centre_latents statistics); use the "
+                             "same autoencoder and settings, or a new output_dir / --resume false")
 
 
 def read_autoencoder_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -91,3 +91,35 @@ def test_loss_terms_ssim_and_adversarial():
     assert any(not torch.equal(a, b) for a, b in zip(d_before, full.discriminator.parameters()))
     with pytest.raises(ValueError, match="kl_weight"):
         AutoencoderLoss(kl_weight=-1)
+
+
+def test_standardise_latents_is_exact_and_centres_every_channel(tmp_path):
+    """Folding per-channel (mean, std) into the 1x1 convs: decode(encode(x)) is unchanged, the latents of the same
+    images come out with zero mean / unit std per channel, sigma scales with them, and the weights reload as a plain
+    MONAI state dict."""
+    torch.manual_seed(0)
+    ae = LatentAutoencoderKL(**TINY).eval()
+    with torch.no_grad():  # give the latent convs offsets like a trained first stage's
+        ae.quant_conv_mu.conv.bias.copy_(torch.tensor([1.5, -2.0]))
+    x = torch.cat([_blobs(), -_blobs()])
+    with torch.no_grad():
+        mu, sigma = ae.encode(x)
+        before = ae.decode(mu)
+        mean, std = mu.mean((0, 2, 3)), mu.std((0, 2, 3))
+        assert mean.abs().min() > 0.5  # really off-centre before
+        ae.standardise_latents_(mean, std)
+        mu2, sigma2 = ae.encode(x)
+        after = ae.decode(mu2)
+    assert torch.allclose(after, before, atol=1e-5)
+    assert torch.allclose(mu2.mean((0, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(mu2.std((0, 2, 3)), torch.ones(2), atol=1e-5)
+    assert torch.allclose(sigma2, sigma / std[None, :, None, None], rtol=1e-4)
+    torch.save(ae.state_dict(), tmp_path / "ae.pt")
+    again = LatentAutoencoderKL(**TINY).eval()
+    again.load_state_dict(torch.load(tmp_path / "ae.pt", weights_only=True))
+    with torch.no_grad():
+        assert torch.allclose(again.encode(x)[0], mu2, atol=1e-6)
+    with pytest.raises(ValueError, match="one per latent channel"):
+        ae.standardise_latents_([0.0], [1.0])
+    with pytest.raises(ValueError, match="> 0"):
+        ae.standardise_latents_([0.0, 0.0], [1.0, 0.0])

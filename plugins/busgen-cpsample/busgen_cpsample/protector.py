@@ -22,8 +22,15 @@ fully-connected head) with one output logit. The flattened head keeps spatial la
      "labels": int64 (N,), "label_seed": int, "items": [image ids (datalist-relative paths)],
      "schedule": {"num_train_timesteps": 500, "schedule": "linear_beta", "beta_start": 1e-4, "beta_end": 0.028},
      "image_size": [H, W], "image_channels": 3, "value_range": [-1, 1],
+     "input_space": "image" | "latent",                       # what the guard will hand it (see below)
      "generator_sha256": sha256 of the generator checkpoint it protects (or None),
      "metrics": {"accuracy_by_t": {...}, "iterations": ...}}
+
+**Latent generators** (``bundles/busgen_latent``): their sampler, and so the guard, works on diffusion-space latents,
+not images. The protector is then trained on the *latents* of the training images (:class:`LatentEncoded`: the
+generator's own autoencoder, times its ``scale_factor``), with ``in_channels`` and ``image_size`` the latent shape;
+the train_protector config does this by itself when the checkpoint is a latent one (:func:`latent_encoder`), and the
+file records ``"input_space": "latent"``. The privacy audit and the cleaning filter look at decoded images either way.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ __all__ = [
     "save_protector",
     "load_protector",
     "default_protector_path",
+    "LatentEncoded",
+    "latent_encoder",
+    "protector_input_shape",
 ]
 
 PROTECTOR_FORMAT = "busgen-cpsample-protector"
@@ -436,6 +446,67 @@ def fit_protector(
     return net, labels, metrics
 
 
+# ---------------------------------------------------------------------------------------------- latent generators
+class LatentEncoded:
+    """Dictionary transform: replace ``image`` (``(C, H, W)`` in ``[-1, 1]``) by the latent generator's
+    diffusion-space latent ``scale_factor * E(image)`` (the posterior mean, so every pass gives the same latent to
+    memorise), the space its sampler and guards work in.
+
+    Args:
+        generator_checkpoint: a latent generator (file or ``models/`` folder, as ``load_generator`` reads it).
+        key: the image key.
+        device: where the autoencoder runs.
+    """
+
+    def __init__(self, generator_checkpoint: str | os.PathLike, key: str = "image",
+                 device: str | torch.device = "cpu") -> None:
+        from busgen_monai.inferers import load_generator
+
+        if not _is_latent_checkpoint(generator_checkpoint):
+            raise ValueError(f"{generator_checkpoint} is a pixel-space generator; LatentEncoded is for latent ones "
+                             "(bundles/busgen_latent)")
+        model, _ = load_generator(generator_checkpoint, device=device)
+        self.model = model.eval()
+        self.key = key
+        self.device = torch.device(device)
+
+    def latent_shape(self, image_size: int | Sequence[int]) -> tuple[int, ...]:
+        return tuple(self.model.latent_shape(image_size))
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        image = torch.as_tensor(d[self.key]).float()
+        if hasattr(image, "as_tensor"):
+            image = image.as_tensor()
+        if image.dim() != 3:
+            raise ValueError(f"LatentEncoded: expected one (C, H, W) image under {self.key!r}, got {tuple(image.shape)}")
+        with torch.no_grad():
+            d[self.key] = self.model.encode(image[None].to(self.device), sample=False)[0].cpu()
+        return d
+
+
+def latent_encoder(generator_checkpoint: str | os.PathLike | None, device: str | torch.device = "cpu"):
+    """:class:`LatentEncoded` for a latent generator checkpoint, ``None`` for a pixel one (or no checkpoint)."""
+    if generator_checkpoint is None or not _is_latent_checkpoint(generator_checkpoint):
+        return None
+    return LatentEncoded(generator_checkpoint, device=device)
+
+
+def _is_latent_checkpoint(generator_checkpoint: str | os.PathLike) -> bool:
+    from busgen_monai.inferers import network_class_of, read_checkpoint
+
+    return network_class_of(read_checkpoint(generator_checkpoint)) != "ConditionalDiffusionUNet"
+
+
+def protector_input_shape(encoder: LatentEncoded | None, image_size: int | Sequence[int],
+                          image_channels: int = 1) -> list[int]:
+    """``[C, H, W]`` the protector sees: the image for pixel generators, the latent for latent ones."""
+    if encoder is not None:
+        return [int(v) for v in encoder.latent_shape(image_size)]
+    size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(int(v) for v in image_size)
+    return [int(image_channels), *size]
+
+
 # ---------------------------------------------------------------------------------------------- protector file
 @dataclass
 class Protector:
@@ -452,6 +523,7 @@ class Protector:
     label_seed: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    input_space: str = "image"
 
     def alphas_cumprod(self) -> torch.Tensor:
         return schedule_alphas_cumprod(self.schedule)
@@ -480,9 +552,13 @@ def save_protector(
     items_base_dir: str | os.PathLike | None = None,
     label_seed: int | None = None,
     metrics: Mapping[str, Any] | None = None,
+    input_space: str = "image",
 ) -> Path:
     """Write the protector file atomically (see the module docstring). ``generator_checkpoint`` (a file or a
-    ``models/`` folder) is hashed to bind the protector to the generator it protects."""
+    ``models/`` folder) is hashed to bind the protector to the generator it protects. ``input_space``: ``"image"``
+    or ``"latent"`` (trained on a latent generator's latents)."""
+    if input_space not in ("image", "latent"):
+        raise ValueError(f"input_space must be 'image' or 'latent', got {input_space!r}")
     if generator_sha256 is None and generator_checkpoint is not None:
         from busgen_monai.inferers import file_sha256, resolve_checkpoint
 
@@ -507,6 +583,7 @@ def save_protector(
         "image_size": size,
         "image_channels": int(kwargs.get("in_channels", 3)),
         "value_range": [-1.0, 1.0],
+        "input_space": input_space,
         "generator_sha256": generator_sha256,
         "metrics": _jsonable(metrics or {}),
     }
@@ -537,6 +614,7 @@ def load_protector(path: str | os.PathLike, map_location: str | torch.device = "
         label_seed=state.get("label_seed"),
         metrics=dict(state.get("metrics") or {}),
         path=path,
+        input_space=str(state.get("input_space", "image")),
     )
 
 

@@ -479,3 +479,78 @@ def test_label_groups_and_square_views(phantom, tmp_path):
     v = load_view(tmp_path / "wide.png", [[0.8, 0.2, 0.95, 0.6]], square=True, compare_size=8, out_size=16)
     assert v.shape == (16, 16) and v[:, -4:].min() == 255 and v[:, :2].max() == 0  # window x 20..40 holds the box
     assert load_view(tmp_path / "wide.png", None, square=False).shape == (20, 40)
+
+
+@pytest.fixture(scope="module")
+def latent_generator_file(phantom):
+    """An (untrained) tiny latent generator (autoencoder 32 px -> 2 x 16 x 16 latents, one-block DiT) written with the
+    checkpoint records bundles/busgen_latent uses."""
+    from busgen_monai.engines import NetworkArgsRecord
+    from busgen_monai.inferers import AutoencoderRecord, NetworkClassRecord
+    from busgen_monai.networks import ConditionalDiT, LatentAutoencoderKL
+
+    torch.manual_seed(0)
+    codec = phantom["codec"]
+    ae = LatentAutoencoderKL(channels=(8, 16), num_res_blocks=1, attention_levels=(False, False), latent_channels=2,
+                             norm_num_groups=4, with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+    dit = ConditionalDiT(in_channels=2, input_size=16, patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                         conditions=("pathology", "device", "birads"), **codec.network_kwargs())
+    settings = {"image_size": 32, "image_channels": 1, "num_train_timesteps": 500, "beta_start": 1e-4,
+                "beta_end": 0.028, "guidance_w": 1.8, "family": "latent"}
+    state = {"network": dit.state_dict(), "network_kwargs": NetworkArgsRecord(dit).state_dict(),
+             "network_class": NetworkClassRecord(dit).state_dict(),
+             "autoencoder": AutoencoderRecord(ae, 0.8).state_dict(), "codec": codec.state_dict(),
+             "settings": settings}
+    path = phantom["tmp"] / "latent_models" / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def test_latent_generator_gets_a_latent_protector_and_guarded_sampling(phantom, generator_file, latent_generator_file,
+                                                                      tmp_path):
+    """For a latent generator the protector is trained on the generator's latents (the space its sampler and the
+    guard work in): the same CLI and bundle, no extra option; the guarded latent sample bundle runs with it."""
+    from monai.bundle import run
+
+    from busgen_monai.cli import main
+    from busgen_monai.inferers import load_generator
+    from busgen_monai.plugins import discover_plugins
+    from busgen_cpsample.protector import LatentEncoded, latent_encoder, protector_input_shape
+
+    # pixel generators keep the image path; latent ones get the encoder and the latent shape
+    assert latent_encoder(generator_file) is None
+    enc = latent_encoder(latent_generator_file)
+    assert isinstance(enc, LatentEncoded) and protector_input_shape(enc, 32) == [2, 16, 16]
+    assert protector_input_shape(None, 32, 1) == [1, 32, 32]
+    model, _ = load_generator(latent_generator_file)
+    img = phantom["images"][0]
+    z = enc({"image": img, "other": 1})
+    assert z["other"] == 1 and z["image"].shape == (2, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(z["image"], model.encode(img[None].float(), sample=False)[0])
+    with pytest.raises(ValueError, match="pixel-space generator"):
+        LatentEncoded(generator_file)
+
+    rc = main(["train-protector", str(latent_generator_file), str(phantom["train"]), "--max-iterations", "20",
+               "--no-progress", "--", "--channels", "[8,16,16]", "--check_interval", "10", "--num_threads", "1"])
+    assert rc == 0
+    p = load_protector(latent_generator_file.parent / "protector.pt")
+    assert p.input_space == "latent" and p.image_size == (16, 16) and p.image_channels == 2
+    assert p.network_kwargs["in_channels"] == 2 and p.metrics["iterations"] == 20 and len(p.items) == 16
+    # the protector scores latents of the generator's shape
+    with torch.no_grad():
+        assert p.network(torch.zeros(3, 2, 16, 16), timesteps=torch.zeros(3).long()).shape == (3, 1)
+
+    bundle = Path(__file__).resolve().parents[3] / "bundles" / "busgen_sample"
+    overlay = discover_plugins()["cpsample"].bundle_paths()["cpsample"] / "configs" / "guard_overlay.json"
+    out = tmp_path / "sampled"
+    run(config_file=[str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "latent.json"),
+                     str(overlay)], bundle_root=str(bundle), checkpoint=str(latent_generator_file),
+        datalist=str(phantom["train"]), output_dir=str(out), num_images=4, chunk_size=4, num_inference_steps=3,
+        progress=False, cpsample_alpha=0.5, cpsample_strength=5.0)
+    stats = json.loads((out / "guard_stats_rank0.json").read_text())["CPSamplingGuard"]
+    assert stats["run"]["evaluated"] == 12 and stats["protector"].endswith("protector.pt")
+    items = json.loads((out / "datalist.json").read_text())["training"]
+    assert len(items) == 4 and items[0]["provenance"]["cpsample"]["strength"] == 5.0
+    assert items[0]["provenance"]["family"] == "latent"
