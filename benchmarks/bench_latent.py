@@ -167,9 +167,14 @@ def train_dit(out: Path, real: dict, ae, codec, args, seed: int = 0):
         net.load_state_dict(st["network"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["lr_scheduler"])
-        torch.set_rng_state(st["rng"])
         start, spent = st["step"], st["train_s"]
+        if st["lr_scheduler"].get("total_steps") == steps:
+            sched.load_state_dict(st["lr_scheduler"])
+        else:  # --dit-steps changed on resume: the schedule of the new length, at the step reached
+            for _ in range(start):
+                sched.step()
+            _log(f"DiT schedule re-laid for {steps} steps (was {st['lr_scheduler'].get('total_steps')})")
+        torch.set_rng_state(st["rng"])
         _log(f"DiT resumed at step {start}/{steps}")
     t0 = time.time()
     for step in range(start, steps):
