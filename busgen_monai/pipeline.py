@@ -362,11 +362,26 @@ STAGES: list[Stage] = [
           "autoencoder's latents, through MONAI's LatentDiffusionInferer", bundle="busgen_latent",
           config="train,preset_cpu_tiny", inputs={"datalist": "phantom.datalist", "autoencoder_checkpoint": "latent_ae.models"},
           params={"num_workers": 0, "progress_bar": False}, outputs={"model": "model.pt"}),
-    Stage("latent_sample", "a BI-RADS-balanced set from the latent generator (the sample bundle, latent overlay)",
-          bundle="busgen_sample", config="inference,latent",
-          inputs={"checkpoint": "latent.model", "datalist": "phantom.datalist"},
-          params={"num_images": 16, "num_inference_steps": 10, "birads": ["2", "3", "4a", "5"], "progress": False},
-          outputs={"datalist": "datalist.json", "grid": "sample_grid.png"}, summarize=_sample_summary, threads=0),
+    Stage("latent_protector", "CPSampling's protecting classifier for the latent generator, trained on its latents "
+          "(train_protector notices the latent checkpoint)", bundle="cpsample", config="train_protector",
+          inputs={"generator_checkpoint": "latent.model", "datalist": "phantom.datalist"},
+          params={"protector_path": "{stage}/protector.pt", "channels": [16, 32, 32],
+                  "max_iterations": DEMO_PROTECTOR_ITERATIONS, "check_interval": 100, "num_threads": 1,
+                  "progress_bar": True},
+          outputs={"protector": "protector.pt"}, output_key=None),
+    Stage("latent_sample", "a BI-RADS-balanced, CPSampling-guarded set from the latent generator (the sample bundle, "
+          "latent overlay + cpsample's guard overlay)", bundle="busgen_sample",
+          config="inference,latent,cpsample:configs/guard_overlay.json",
+          inputs={"checkpoint": "latent.model", "datalist": "phantom.datalist",
+                  "protector_path": "latent_protector.protector"},
+          params={"num_images": 16, "num_inference_steps": 10, "birads": ["2", "3", "4a", "5"], "progress": False,
+                  "cpsample_strength": 30.0, "cpsample_alpha": 0.25},
+          outputs={"datalist": "datalist.json", "grid": "sample_grid.png", "guard_stats": "guard_stats_rank0.json"},
+          summarize=_sample_summary, threads=0),
+    Stage("latent_audit", "privacy audit of the latent set (decoded images vs the training images)", bundle="cpsample",
+          config="audit", inputs={"generated_datalist": "latent_sample.datalist", "training_datalist": "phantom.datalist"},
+          params={"threshold": 0.95, "ssim_threshold": 0.85, "rule": "both", "progress": False, "fail_on_leak": False},
+          outputs={"summary": "summary.json"}, summarize=_audit_summary),
     Stage("deploy", "MONAI Deploy app on the phantom PACS export: DICOM SR + saliency Secondary Capture per study",
           run=_deploy, inputs={"pacs_export": "phantom.pacs_export", "model": "classify_train.model"},
           outputs={"results": "out", "report": "out/run_report.json"}),
@@ -382,7 +397,7 @@ FINAL = {"phantom.pacs_export", "ingest.rejects", "ingest.report", "datalist.sum
          "sample.grid", "audit.summary", "guarded_sample.guard_stats", "audit_guarded.summary", "clean.summary",
          "clean.rejects_grid", "classify.report", "classify.html", "nyu.report", "nyu.html", "deploy.results",
          "deploy.report", "reader_study.study", "reader_study.codes", "detect.report", "detect.html",
-         "latent_ae.report", "latent_ae.grid", "latent_sample.datalist", "latent_sample.grid"}
+         "latent_ae.report", "latent_ae.grid", "latent_sample.grid", "latent_sample.guard_stats", "latent_audit.summary"}
 
 
 def stage_graph(stages: list[Stage] = STAGES) -> dict[str, set[str]]:
