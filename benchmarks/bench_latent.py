@@ -7,21 +7,25 @@ This script measures the same things at CPU scale on BUS-BRA (Gomez-Flores et al
 doi 10.5281/zenodo.7730709; patient-wise 70/15/15 split, seed 0, BI-RADS 2/3/4/5 as the data set gives them):
 
 1. **Train** a small latent generator here (sized for the time budget): ``LatentAutoencoderKL`` (64 px, widths
-   16/32/64, x4 downsampling, 4 latent channels, L1 + KL + 0.2 SSIM, 800 steps of 8) on the training split, then a
-   ``ConditionalDiT`` (hidden 128, depth 4, 4 heads, patch 2, 3,000 steps of 32, peak LR 6e-4, EMA 0.995: with
-   0.999 the EMA still held 5 % of the zero-initialised adaLN weights after 3,000 steps and sampled worse than
-   the raw weights)
+   16/32/64, x4 downsampling, 4 latent channels, L1 + KL + 0.2 SSIM, 800 steps of 8) on the training split, its
+   latents standardised per channel (``standardise_latents_``, exact; ``--no-centre-latents`` keeps the scalar scale
+   only), then a ``ConditionalDiT`` of ``--dit-size`` (default ``cpu``: hidden 192, depth 6, 6 heads, patch 2,
+   4.2 M parameters, the ``cpu`` preset of ``bundles/busgen_latent``) for ``--dit-steps`` steps of 32 (default
+   10,000), peak LR 3e-4 (one-cycle), min-SNR-5 loss weighting (Hang et al., ICCV 2023), EMA 0.999, resumable
+   (``dit_resume.pt`` every 500 steps; a resume may change ``--dit-steps``)
    on its latents (posterior means cached once, flips as augmentation), conditioned on pathology, device and BI-RADS
    with joint condition dropout 0.1. Same training pieces as ``bundles/busgen_autoencoder`` / ``busgen_latent``
    (MONAI LatentDiffusionInferer semantics, the project's loss), written as a plain loop for speed.
-2. **Speed**: seconds per image, latent vs pixel, same sampler (the project's DPM-Solver++ 2M), same number of
-   steps, batched CFG, batch 8, at 64 px (the shipped pixel generator ``bundles/busgen_sample/models/model.pt`` and
+2. **Speed**: seconds per image on one thread, latent vs pixel, same sampler (the project's DPM-Solver++ 2M), at
+   every step count of ``--quality-steps`` (default 5, 10, 20), batched CFG, batch 8, at 64 px (the shipped pixel generator ``bundles/busgen_sample/models/model.pt`` and
    the latent model trained here) and at 128 px (untrained networks of the ``cpu128`` pixel preset and of the
    latent model at 128 px: timing does not depend on the weights). Side by side in one process.
-3. **Quality proxy**: KID (unbiased MMD^2, cubic kernel) and mean nearest-neighbour distance of each generator's
-   images to the real test crops in ``benchmarks/bench_sample.py``'s offline feature space (intensity histograms,
+3. **Quality proxy**: KID (unbiased MMD^2, cubic kernel), KID on the random-network features alone, and mean
+   nearest-neighbour distance of ``--n-quality`` images per generator and step count to the real test crops in ``benchmarks/bench_sample.py``'s offline feature space (intensity histograms,
    gradients, a seeded random MONAI network; no ImageNet Inception ships offline, so values are not comparable with
-   published FID), with real validation vs real test as the floor.
+   published FID), with real validation vs real test as the floor. **Equal quality**: for each proxy, the pixel
+   model's cheapest step count that is at least as good as the latent model at ``--steps`` is its comparator
+   (:func:`matched_speedup`); at 128 px the same step counts are timed (no 128 px pixel model is trained here).
 4. **BI-RADS agreement**: a BI-RADS classifier (MONAI ``Classifier``, 4 classes 2/3/4/5) trained on real training
    crops; its confusion matrix on the real test split and on latent images generated for each BI-RADS category.
 5. **Half-real experiment**: a pathology classifier trained on (a) all real training images vs (b) a random half of
@@ -30,10 +34,10 @@ doi 10.5281/zenodo.7730709; patient-wise 70/15/15 split, seed 0, BI-RADS 2/3/4/5
 6. **Privacy audit**: busgen-cpsample's nearest-neighbour audit of the synthetic set against the training split.
 7. **Distribution distance**: KID above, and the BI-RADS / pathology histograms of the synthetic set.
 
-Run (about 30 min on one thread; results in ``--out``/results.{json,md}; ``--publish`` copies them to
-docs/benchmarks/latent_results.{json,md})::
+Run (about 85 min with two threads for training and generation; timing always on one thread; results in
+``--out``/results.{json,md}; ``--publish`` copies them to docs/benchmarks/latent_results.{json,md})::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_latent.py --out runs/bench_latent --publish
+    .venv/bin/python benchmarks/bench_latent.py --out runs/bench_latent --threads 2 --publish
 
 Finished parts are cached in ``--out`` (re-running skips them).
 """
@@ -527,14 +531,19 @@ def _f(v, nd=3):
 def render_md(r: dict) -> str:
     s, q, b, h, p = r.get("speed", {}), r.get("quality", {}), r.get("birads_agreement", {}), r.get("half_real", {}), \
         r.get("privacy", {})
-    lines = ["# Latent (autoencoder + DiT) vs pixel generation on BUS-BRA, one CPU thread", "",
-             "Produced by `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_latent.py --out runs/bench_latent "
-             "--publish` (method: the script's docstring). BUS-BRA: Gomez-Flores et al., Medical Physics 2023. "
-             "CoLDiT: Research 2024, DOI 10.34133/research.0532.", "",
+    st = r.get("settings", {})
+    d = r.get("dit", {})
+    lines = ["# Latent (autoencoder + DiT) vs pixel generation on BUS-BRA, CPU", "",
+             f"Produced by `.venv/bin/python benchmarks/bench_latent.py --out runs/bench_latent --threads "
+             f"{st.get('threads', 1)} --publish` (method: the script's docstring). BUS-BRA: Gomez-Flores et al., "
+             "Medical Physics 2023. CoLDiT: Research 2024, DOI 10.34133/research.0532.", "",
              f"Latent model trained here: autoencoder {r['autoencoder']['steps']} steps "
              f"({_f(r['autoencoder']['train_s'], 0)} s, validation MAE {_f(r['autoencoder']['val_mae'])}, PSNR "
              f"{_f(r['autoencoder']['val_psnr_db'], 1)} dB), DiT {_f(r['dit']['parameters_M'], 2)} M parameters, "
-             f"{r['dit']['steps']} steps ({_f(r['dit']['train_s'], 0)} s), latent scale {_f(r['dit']['scale_factor'])}.",
+             f"{d['steps']} steps of {d.get('batch', 32)} ({_f(d['train_s'], 0)} s, {d.get('threads', 1)} threads; size "
+             f"{d.get('size', 'n/a')}, LR {d.get('lr', 'n/a')}, weighting {d.get('weighting', 'none')}, EMA "
+             f"{d.get('ema', 'n/a')}, latents centred per channel: {d.get('centre_latents', False)}), latent scale "
+             f"{_f(d['scale_factor'])}.",
              "", "## Sampling speed (s/image, same run, side by side)", "",
              f"DPM-Solver++(2M), {s.get('steps')} steps, batched CFG w = 1.8, batch {s.get('batch')}, "
              f"{s.get('threads')} thread.", "",
@@ -546,15 +555,32 @@ def render_md(r: dict) -> str:
                      f" | x{_f(s.get(f'speedup_{size}px'), 1)} |")
     lines += ["", "64 px: the shipped pixel generator and the latent model trained here; 128 px: untrained networks "
               "of the same architectures (cpu128 pixel preset; latent model at 128 px = 32x32 latents), timing only.",
-              "", "## Quality proxy vs the real test crops (lower is better)", "",
-              "| generator | KID | KID (random net) | NN distance |", "|---|---|---|---|"]
+              "", "## Quality proxy vs the real test crops, by solver steps (lower is better)", "",
+              "| generator | steps | KID (+- sd over halves) | KID random-net features | NN distance | s/image 64 px | "
+              "s/image 128 px |", "|---|---|---|---|---|---|---|"]
+    by = q.get("by_steps", {})
     for name in ("pixel", "latent"):
-        d = q.get(name, {})
-        lines.append(f"| {name} | {_f(d.get('kid'), 4)} +- {_f(d.get('kid_halves_sd'), 4)} | "
-                     f"{_f(d.get('kid_deep'), 4)} | {_f(d.get('nn_dist'), 2)} |")
-    lines.append(f"| floor: real validation | {_f(q.get('floor_real_validation', {}).get('kid'), 4)} | | |")
-    lines += ["", f"{q.get('n_images')} images per generator, {s.get('steps')} steps each (+- = sd over random "
-              "halves). Offline features (no Inception), not comparable with published FID.", "",
+        for steps, v in sorted(by.get(name, {}).items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {name} | {steps} | {_f(v.get('kid'), 3)} +- {_f(v.get('kid_halves_sd'), 3)} | "
+                         f"{_f(v.get('kid_deep'), 4)} +- {_f(v.get('kid_deep_halves_sd'), 4)} | "
+                         f"{_f(v.get('nn_dist'), 2)} +- {_f(v.get('nn_dist_halves_sd'), 2)} | "
+                         f"{_f(s.get(f'{name}_64px_{steps}steps_s_per_image'))} | "
+                         f"{_f(s.get(f'{name}_128px_{steps}steps_s_per_image'))} |")
+    fl = q.get("floor_real_validation", {})
+    lines.append(f"| floor: real validation | | {_f(fl.get('kid'), 3)} | {_f(fl.get('kid_deep'), 4)} | "
+                 f"{_f(fl.get('nn_dist'), 2)} | | |")
+    lines += ["", f"{q.get('n_images')} images per generator and step count (+- = sd over 20 random halves). Offline "
+              "features (no Inception), not comparable with published FID.", "",
+              "## Speed-up at equal quality proxy", "",
+              f"Latent model at {s.get('steps')} steps against the pixel model's cheapest step count that is at least "
+              "as good on the proxy (if none is, the pixel model at its most steps: a lower bound).", "",
+              "| proxy | latent value | pixel comparator (steps: value) | pixel reaches latent quality | speed-up 64 px "
+              "| speed-up 128 px |", "|---|---|---|---|---|---|"]
+    for proxy, m in r.get("matched", {}).items():
+        lines.append(f"| {proxy} | {_f(m.get('latent_value'), 4)} | {m.get('pixel_steps')}: "
+                     f"{_f(m.get('pixel_value'), 4)} | {m.get('pixel_reaches_latent_quality')} | "
+                     f"x{_f(m.get('speedup_64px'), 1)} | x{_f(m.get('speedup_128px'), 1)} |")
+    lines += ["",
               "## BI-RADS agreement (classifier trained on real BUS-BRA training crops)", "",
               f"Real test accuracy {_f(b.get('real_test', {}).get('accuracy'))}; latent generated (requested BI-RADS) "
               f"accuracy {_f(b.get('latent_generated', {}).get('accuracy'))}; chance 0.25.", "",
