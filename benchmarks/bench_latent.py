@@ -220,6 +220,47 @@ def train_dit(out: Path, real: dict, ae, codec, args, seed: int = 0):
     return path, info
 
 
+def tune_latent_clip(ckpt: Path, real: dict, steps: int, candidates: list, n: int = 128, seed: int = 0) -> dict:
+    """Choose the latent model's ``latent_clip`` (the sampler's data-prediction bound, ``None`` = unbounded) by KID
+    against the real *validation* crops (the test split stays for the reported numbers); writes it into the
+    checkpoint's settings, where ``load_generator`` and ``run_generation`` read it."""
+    from bench_sample import N_DEEP, _feature_net, _features, _proxies
+    from busgen_monai.inferers import GuidedDiffusionInferer, generator_settings, load_generator
+    from busgen_monai.inferers.latent import configure_latent_sampler
+
+    state = torch.load(ckpt, weights_only=True)
+    if "latent_clip_tuning" in state.get("info", {}):
+        return state["info"]["latent_clip_tuning"]
+    net, codec = load_generator(ckpt)
+    st = generator_settings(ckpt)
+    va = real["validation"]
+    idx = [i % len(va["pathology"]) for i in range(n)]
+    cond = codec.pack_names([va["pathology"][i] for i in idx], [va["device"][i] for i in idx],
+                            [va["birads"][i] for i in idx])
+    fnet = _feature_net()
+    feat = lambda ims: _features(ims.repeat(1, 3, 1, 1), fnet)  # noqa: E731
+    ref = feat(va["images"])
+    noise = torch.randn(n, *net.latent_shape(st["image_size"]), generator=torch.Generator().manual_seed(seed))
+    rows = {}
+    for c in candidates:
+        net.latent_clip = c
+        sched = dpm(st)
+        configure_latent_sampler(net, sched)
+        inf = GuidedDiffusionInferer(sched, guidance_scale=st["guidance_w"], num_inference_steps=steps)
+        with torch.no_grad():
+            x = torch.cat([net.decode(inf.sample(noise[i:i + 32], net, conditioning=cond[i:i + 32], verbose=False))
+                           for i in range(0, n, 32)])
+        rows[str(c)] = _proxies(feat(x), ref, N_DEEP)
+        _log(f"latent_clip {c}: {rows[str(c)]}")
+    best = min(candidates, key=lambda c: rows[str(c)]["kid"])
+    res = {"candidates": rows, "chosen": best, "criterion": "lowest KID vs the real validation crops", "n": n,
+           "steps": steps}
+    state["settings"]["latent_clip"] = best
+    state["info"]["latent_clip_tuning"] = res
+    torch.save(state, ckpt)
+    return res
+
+
 def dpm(settings: dict, clip: bool = False):
     """The sample bundle's sampler (pixel models clip the data prediction to [-1, 1]; latents are not clipped)."""
     from busgen_monai.schedulers import build_scheduler
@@ -245,7 +286,11 @@ def speed(latent_ckpt: Path, steps_list: list[int], main_steps: int, batch: int 
     ae128 = LatentAutoencoderKL(**lat.autoencoder.init_args)
     dit128 = ConditionalDiT(**{**lat.diffusion_model.init_args, "input_size": 32})
     lat128 = LatentDiffusionModel(dit128, ae128, lat.scale_factor).eval()
+    from busgen_monai.inferers.latent import configure_latent_sampler
+
+    lat128.latent_clip = lat.latent_clip
     sched = dpm(generator_settings(latent_ckpt))
+    configure_latent_sampler(lat, sched)
     psched = dpm(generator_settings(default_generator()), clip=True)
     for size, models in ((64, {"pixel": (pix, pcodec, psched), "latent": (lat, lcodec, sched)}),
                          (128, {"pixel": (pix128, pcodec, psched), "latent": (lat128, lcodec, sched)})):
@@ -278,7 +323,7 @@ def speed(latent_ckpt: Path, steps_list: list[int], main_steps: int, batch: int 
     return res
 
 
-def matched_speedup(quality: dict, speed_res: dict, main_steps: int, proxy: str) -> dict:
+def matched_speedup(quality: dict, speed_res: dict, main_steps: int, proxy: str, higher_better: bool = False) -> dict:
     """Speed-up of the latent model (at ``main_steps``) over the pixel model at *equal quality*.
 
     The comparator is the pixel setting with the fewest solver steps whose ``proxy`` (lower is better) is at least as
@@ -286,11 +331,13 @@ def matched_speedup(quality: dict, speed_res: dict, main_steps: int, proxy: str)
     pixel setting is that good, the latent model is the better one and the comparator is the pixel model at its
     most steps (the ratio is then a lower bound: the pixel model would need more steps to match).
     ``pixel_reaches_latent_quality`` says which case it is."""
+    sign = -1.0 if higher_better else 1.0
     lat = quality["latent"][str(main_steps)][proxy]
     pix = {int(k): v[proxy] for k, v in quality["pixel"].items()}
-    good = sorted(k for k, v in pix.items() if v <= lat)
+    good = sorted(k for k, v in pix.items() if sign * v <= sign * lat)
     comp = good[0] if good else max(pix)
-    out = {"proxy": proxy, "latent_steps": main_steps, "latent_value": lat, "pixel_steps": comp,
+    out = {"proxy": proxy, "higher_is_better": higher_better, "latent_steps": main_steps, "latent_value": lat,
+           "pixel_steps": comp,
            "pixel_value": pix[comp], "pixel_reaches_latent_quality": bool(good)}
     for size in (64, 128):
         out[f"speedup_{size}px"] = (speed_res[f"pixel_{size}px_{comp}steps_s_per_image"]
@@ -378,6 +425,8 @@ def main() -> None:
     ap.add_argument("--no-centre-latents", dest="centre_latents", action="store_false",
                     help="keep the scalar latent scale only (no per-channel standardisation)")
     ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--latent-clip", default="1,1.5,2,3",
+                    help="latent_clip candidates (besides none) tuned on the validation split")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training and generation")
     ap.add_argument("--steps", type=int, default=20, help="solver steps for every generator")
     ap.add_argument("--n-quality", type=int, default=192, help="images per generator for the quality proxy")
@@ -385,6 +434,8 @@ def main() -> None:
                     help="solver step counts at which both generators are timed and scored (equal-quality matching)")
     ap.add_argument("--clf-steps", type=int, default=600)
     ap.add_argument("--max-synthetic", type=int, default=None, help="cap the half-real synthetic set (smoke runs)")
+    ap.add_argument("--no-pixel-tstr", action="store_true",
+                    help="skip the pixel model's synthetic-only arm (it generates as many pixel images as the half)")
     ap.add_argument("--publish", action="store_true", help="copy results to docs/benchmarks/latent_results.*")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -411,6 +462,9 @@ def main() -> None:
     ckpt, dit_info = train_dit(out, real, ae, codec, args)
     results["dit"] = dit_info
     part("train_dit")
+    results["latent_clip"] = tune_latent_clip(ckpt, real, args.steps,
+                                              [None] + [float(v) for v in args.latent_clip.split(",")])
+    part("latent_clip")
 
     steps_list = sorted({int(v) for v in args.quality_steps.split(",")} | {args.steps})
     results["speed"] = speed(ckpt, steps_list, args.steps)
@@ -433,19 +487,34 @@ def main() -> None:
             quality[name][str(steps)] = {**_proxies(feat(g["images"]), real_test_f, N_DEEP),
                                          "wall_s_per_image": g["wall_s"] / args.n_quality}
             _log(f"quality {name} {steps} steps: {quality[name][str(steps)]}")
+    # semantic, condition-aware proxy: a pathology classifier trained on all real training crops scores every
+    # generated set against the pathology each image was generated for (AUROC; its real-test AUROC is the ceiling)
+    from busgen_monai.evaluation.stats import delong_ci
+
+    tr, te = real["training"], real["test"]
+    y_all = torch.tensor([int(p == "malignant") for p in tr["pathology"]])
+    pclf = train_classifier(tr["images"], y_all, 1, args.clf_steps)
+    y_te = np.array([int(p == "malignant") for p in te["pathology"]])
+    cond_ref = delong_ci(y_te, torch.sigmoid(predict(pclf, te["images"])[:, 0]).numpy())
+    for (name, steps), g in gens.items():
+        yg = np.array([int(it["pathology"] == "malignant") for it in g["items"]])
+        sg = torch.sigmoid(predict(pclf, g["images"])[:, 0]).numpy()
+        auc, lo, hi = delong_ci(yg, sg)
+        quality[name][str(steps)].update({"cond_auroc": float(auc), "cond_auroc_ci95": [float(lo), float(hi)]})
     gen_lat = gens[("latent", args.steps)]
     results["quality"] = {
+        "cond_auroc_real_test": {"auroc": float(cond_ref[0]), "ci95": [float(cond_ref[1]), float(cond_ref[2])]},
         "latent": quality["latent"][str(args.steps)], "pixel": quality["pixel"][str(args.steps)],
         "by_steps": quality,
         "floor_real_validation": {**_proxies(feat(real["validation"]["images"]), real_test_f, N_DEEP)},
         "n_images": args.n_quality, "reference": f"real test crops ({len(real_test_f)})",
     }
-    results["matched"] = {proxy: matched_speedup(quality, results["speed"], args.steps, proxy)
-                          for proxy in ("kid", "kid_deep", "nn_dist")}
+    results["matched"] = {proxy: matched_speedup(quality, results["speed"], args.steps, proxy,
+                                                 higher_better=proxy == "cond_auroc")
+                          for proxy in ("cond_auroc", "kid", "kid_deep", "nn_dist")}
     part("quality")
 
     # BI-RADS classifier on real data; agreement on generated images
-    tr, te = real["training"], real["test"]
     yb = torch.tensor([BIRADS.index(b) for b in tr["birads"]])
     bclf = train_classifier(tr["images"], yb, 4, args.clf_steps)
     yb_te = [BIRADS.index(b) for b in te["birads"]]
@@ -473,23 +542,27 @@ def main() -> None:
     if args.max_synthetic:
         n_syn = min(n_syn, args.max_synthetic)
     gen_half = generate(ckpt, out / "gen_latent_half", n_syn, data, args.steps, birads=BIRADS, seed=1)
-    y_all = torch.tensor([int(p == "malignant") for p in tr["pathology"]])
     y_syn = torch.tensor([int(it["pathology"] == "malignant") for it in gen_half["items"]])
-    y_te = np.array([int(p == "malignant") for p in te["pathology"]])
     arms = {"all_real": (tr["images"], y_all),
             "half_real_plus_synthetic": (torch.cat([tr["images"][half], gen_half["images"]]),
                                          torch.cat([y_all[half], y_syn])),
-            "half_real_only": (tr["images"][half], y_all[half])}
+            "half_real_only": (tr["images"][half], y_all[half]),
+            # train on synthetic, test on real (TSTR): the semantic quality of each family, same number of images
+            "latent_synthetic_only": (gen_half["images"], y_syn)}
+    if not args.no_pixel_tstr:
+        gen_pix_half = generate(default_generator(), out / "gen_pixel_half", n_syn, data, args.steps, seed=1)
+        arms["pixel_synthetic_only"] = (gen_pix_half["images"], torch.tensor(
+            [int(it["pathology"] == "malignant") for it in gen_pix_half["items"]]))
     scores = {}
     half_res = {"n_real_all": len(y_all), "n_real_half": len(half), "n_synthetic": n_syn}
     for name, (x, y) in arms.items():
-        clf = train_classifier(x, y, 1, args.clf_steps)
+        clf = pclf if name == "all_real" else train_classifier(x, y, 1, args.clf_steps)
         s = torch.sigmoid(predict(clf, te["images"])[:, 0]).numpy()
         scores[name] = s
         auc, lo, hi = delong_ci(y_te, s)
         half_res[name] = {"auroc": float(auc), "ci95": [float(lo), float(hi)], "n_train": len(y)}
         _log(f"half-real arm {name}: AUROC {auc:.3f}")
-    for name in ("half_real_plus_synthetic", "half_real_only"):
+    for name in [a for a in arms if a != "all_real"]:
         d = delong_test(y_te, scores["all_real"], scores[name])
         auc_a, auc_b, z, p_value, _ = d
         half_res[f"delong_p_all_real_vs_{name}"] = float(p_value)
@@ -544,7 +617,18 @@ def render_md(r: dict) -> str:
              f"{d.get('size', 'n/a')}, LR {d.get('lr', 'n/a')}, weighting {d.get('weighting', 'none')}, EMA "
              f"{d.get('ema', 'n/a')}, latents centred per channel: {d.get('centre_latents', False)}), latent scale "
              f"{_f(d['scale_factor'])}.",
-             "", "## Sampling speed (s/image, same run, side by side)", "",
+             ""]
+    lc = r.get("latent_clip") or {}
+    if lc:
+        lines += ["## Latent sampler bound (`latent_clip`), chosen on the validation split", "",
+                  f"DPM-Solver++ {lc.get('steps')} steps, {lc.get('n')} images, proxies vs the real validation crops; "
+                  f"chosen: **{lc.get('chosen')}** ({lc.get('criterion')}).", "",
+                  "| latent_clip | KID | KID random-net features | NN distance |", "|---|---|---|---|"]
+        for c, v in lc.get("candidates", {}).items():
+            lines.append(f"| {c} | {_f(v.get('kid'), 3)} +- {_f(v.get('kid_halves_sd'), 3)} | "
+                         f"{_f(v.get('kid_deep'), 4)} | {_f(v.get('nn_dist'), 2)} |")
+        lines.append("")
+    lines += ["## Sampling speed (s/image, same run, side by side)", "",
              f"DPM-Solver++(2M), {s.get('steps')} steps, batched CFG w = 1.8, batch {s.get('batch')}, "
              f"{s.get('threads')} thread.", "",
              "| size | pixel U-Net | latent DiT (incl. decode) | speed-up |", "|---|---|---|---|"]
@@ -555,25 +639,29 @@ def render_md(r: dict) -> str:
                      f" | x{_f(s.get(f'speedup_{size}px'), 1)} |")
     lines += ["", "64 px: the shipped pixel generator and the latent model trained here; 128 px: untrained networks "
               "of the same architectures (cpu128 pixel preset; latent model at 128 px = 32x32 latents), timing only.",
-              "", "## Quality proxy vs the real test crops, by solver steps (lower is better)", "",
-              "| generator | steps | KID (+- sd over halves) | KID random-net features | NN distance | s/image 64 px | "
-              "s/image 128 px |", "|---|---|---|---|---|---|---|"]
+              "", "## Quality proxies vs the real test crops, by solver steps (AUROC: higher is better; KID, NN distance: lower)", "",
+              "| generator | steps | pathology AUROC on generated (real-trained classifier) | KID (+- sd over halves) | "
+              "KID random-net features | NN distance | s/image 64 px | s/image 128 px |", "|---|---|---|---|---|---|---|---|"]
     by = q.get("by_steps", {})
     for name in ("pixel", "latent"):
         for steps, v in sorted(by.get(name, {}).items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {name} | {steps} | {_f(v.get('kid'), 3)} +- {_f(v.get('kid_halves_sd'), 3)} | "
+            ci = v.get("cond_auroc_ci95") or [None, None]
+            lines.append(f"| {name} | {steps} | {_f(v.get('cond_auroc'))} [{_f(ci[0])}, {_f(ci[1])}] | "
+                         f"{_f(v.get('kid'), 3)} +- {_f(v.get('kid_halves_sd'), 3)} | "
                          f"{_f(v.get('kid_deep'), 4)} +- {_f(v.get('kid_deep_halves_sd'), 4)} | "
                          f"{_f(v.get('nn_dist'), 2)} +- {_f(v.get('nn_dist_halves_sd'), 2)} | "
                          f"{_f(s.get(f'{name}_64px_{steps}steps_s_per_image'))} | "
                          f"{_f(s.get(f'{name}_128px_{steps}steps_s_per_image'))} |")
     fl = q.get("floor_real_validation", {})
-    lines.append(f"| floor: real validation | | {_f(fl.get('kid'), 3)} | {_f(fl.get('kid_deep'), 4)} | "
-                 f"{_f(fl.get('nn_dist'), 2)} | | |")
+    cr = q.get("cond_auroc_real_test", {})
+    lines.append(f"| real (validation vs test; AUROC: the classifier on real test) | | {_f(cr.get('auroc'))} | "
+                 f"{_f(fl.get('kid'), 3)} | {_f(fl.get('kid_deep'), 4)} | {_f(fl.get('nn_dist'), 2)} | | |")
     lines += ["", f"{q.get('n_images')} images per generator and step count (+- = sd over 20 random halves). Offline "
               "features (no Inception), not comparable with published FID.", "",
               "## Speed-up at equal quality proxy", "",
               f"Latent model at {s.get('steps')} steps against the pixel model's cheapest step count that is at least "
-              "as good on the proxy (if none is, the pixel model at its most steps: a lower bound).", "",
+              "as good on the proxy (if none is, the pixel model at its most steps: a lower bound). Pathology AUROC: "
+              "higher is better; the others: lower is better.", "",
               "| proxy | latent value | pixel comparator (steps: value) | pixel reaches latent quality | speed-up 64 px "
               "| speed-up 128 px |", "|---|---|---|---|---|---|"]
     for proxy, m in r.get("matched", {}).items():
@@ -589,14 +677,20 @@ def render_md(r: dict) -> str:
               f"- latent generated: {b.get('latent_generated', {}).get('confusion')}", "",
               "## Half real + synthetic (pathology classifier, real test AUROC, DeLong)", "",
               "| arm | n train | AUROC [95 % CI] |", "|---|---|---|"]
-    for name in ("all_real", "half_real_plus_synthetic", "half_real_only"):
+    for name in ("all_real", "half_real_plus_synthetic", "half_real_only", "latent_synthetic_only",
+                 "pixel_synthetic_only"):
+        if name not in h:
+            continue
         d = h.get(name, {})
         ci = d.get("ci95") or [None, None]
         lines.append(f"| {name} | {d.get('n_train')} | {_f(d.get('auroc'))} [{_f(ci[0])}, {_f(ci[1])}] |")
     lines += ["", f"DeLong p (all real vs half real + synthetic): "
               f"{_f(h.get('delong_p_all_real_vs_half_real_plus_synthetic'))}; (all real vs half real only): "
-              f"{_f(h.get('delong_p_all_real_vs_half_real_only'))}. CoLDiT reported P = 0.81 for its half-synthetic "
-              "arm.", "", f"Synthetic set: pathology {h.get('synthetic_pathology')}, BI-RADS "
+              f"{_f(h.get('delong_p_all_real_vs_half_real_only'))}; (all real vs latent synthetic only): "
+              f"{_f(h.get('delong_p_all_real_vs_latent_synthetic_only'))}; (all real vs pixel synthetic only): "
+              f"{_f(h.get('delong_p_all_real_vs_pixel_synthetic_only'))}. CoLDiT reported P = 0.81 for its "
+              "half-synthetic arm. The synthetic-only arms (train on synthetic, test on real) compare the two "
+              "families' semantic quality with the same number of images.", "", f"Synthetic set: pathology {h.get('synthetic_pathology')}, BI-RADS "
               f"{h.get('synthetic_birads')}.", "", "## Privacy audit (busgen-cpsample, synthetic vs training split)", ""]
     if "error" in p:
         lines.append(f"Not run: {p['error']}")

@@ -421,8 +421,9 @@ def run_generation(
     ``birads``: BI-RADS categories to balance the plan over (latent CoLDiT-style generators condition on them; the
     pathology of each item then follows the datalist's pathology mix within its category, see
     :func:`plan_conditions`). A latent generator (:class:`~busgen_monai.inferers.latent.LatentDiffusionModel`) samples
-    in latent space and is decoded; the scheduler's clipping of the data prediction to [-1, 1] (meant for pixels) is
-    switched off for it, with a warning.
+    in latent space and is decoded; the scheduler's clipping of the data prediction is set from the model's
+    ``latent_clip`` (``[-c, c]``; without one, the pixels' [-1, 1] clip is switched off, with a warning):
+    :func:`~busgen_monai.inferers.latent.configure_latent_sampler`.
     """
     from ..data.schema import iter_items, load_datalist
     from .guided import GuidedDiffusionInferer
@@ -477,18 +478,10 @@ def run_generation(
         mix = birads_pathology_mix(data)
     plan = plan_conditions(num_images, pathologies, list(devices), seed=seed, box_prior=prior,
                            device_weights=weights, boxes=fixed, birads=birads, birads_pathology=mix)
-    from .latent import is_latent
+    from .latent import configure_latent_sampler, is_latent
 
     latent = is_latent(network)
-    if latent and (getattr(scheduler, "clip_sample", False) or getattr(scheduler, "thresholding", False)):
-        import warnings
-
-        warnings.warn("latent generator: the scheduler's clip_sample/thresholding (for [-1, 1] pixels) is switched "
-                      "off; latents are not bounded (set clip_sample false in the config to silence this)",
-                      stacklevel=2)
-        scheduler.clip_sample = False
-        if hasattr(scheduler, "thresholding"):
-            scheduler.thresholding = False
+    configure_latent_sampler(network, scheduler)
     scheduler.set_timesteps(num_inference_steps)
     if inferer is None:
         inferer = GuidedDiffusionInferer(scheduler, guidance_scale=guidance_w, batched_cfg=batched_cfg, guards=guards)

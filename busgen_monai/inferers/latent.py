@@ -40,7 +40,7 @@ from ..engines.prepare_batch import ConditionalDiffusionPrepareBatch
 __all__ = [
     "LatentDiffusionModel", "LatentTrainingInferer", "LatentDiffusionPrepareBatch", "AutoencoderRecord",
     "NetworkClassRecord", "centre_latents", "latent_scale_factor", "load_autoencoder", "read_autoencoder_checkpoint",
-    "autoencoder_from_state", "network_class_of", "is_latent",
+    "autoencoder_from_state", "network_class_of", "is_latent", "configure_latent_sampler",
 ]
 
 
@@ -59,13 +59,22 @@ class LatentDiffusionModel(nn.Module):
         diffusion_model: the denoiser (:class:`~busgen_monai.networks.ConditionalDiT`).
         autoencoder: the first stage (:class:`~busgen_monai.networks.LatentAutoencoderKL`).
         scale_factor: latents are ``scale_factor * z`` in diffusion space (decode divides by it).
+        latent_clip: if set, samplers clip the data (``x0``) prediction to ``[-latent_clip, latent_clip]`` in
+            diffusion space, as pixel models clip to ``[-1, 1]`` (:func:`busgen_monai.inferers.run_generation` applies
+            it); saved as ``settings["latent_clip"]``. Unclipped, the x0 prediction at the first, noisiest steps of
+            the linear schedule (``1 / sqrt(abar_T)`` about 150) carries the denoiser's error into the trajectory;
+            with a CPU-trained DiT the sampled latents then came out with about 4x the training latents' spread.
     """
 
-    def __init__(self, diffusion_model: nn.Module, autoencoder: nn.Module, scale_factor: float = 1.0) -> None:
+    def __init__(self, diffusion_model: nn.Module, autoencoder: nn.Module, scale_factor: float = 1.0,
+                 latent_clip: float | None = None) -> None:
         super().__init__()
+        if latent_clip is not None and not float(latent_clip) > 0:
+            raise ValueError(f"latent_clip must be > 0 or None (no clipping), got {latent_clip}")
         self.diffusion_model = diffusion_model
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.scale_factor = float(scale_factor)
+        self.latent_clip = None if latent_clip is None else float(latent_clip)
         self.image_channels = int(getattr(autoencoder, "image_channels", 1))
         self.init_args = getattr(diffusion_model, "init_args", None)
 
@@ -99,6 +108,31 @@ class LatentDiffusionModel(nn.Module):
 def is_latent(network: Any) -> bool:
     """Whether ``network`` is a latent generator (start noise in latent shape, outputs decoded)."""
     return isinstance(_unwrap(network), LatentDiffusionModel)
+
+
+def configure_latent_sampler(network: Any, scheduler: Any) -> None:
+    """Set a sampler's data-prediction clipping for a latent generator: ``[-c, c]`` with the model's
+    ``latent_clip`` c, otherwise off (the ``[-1, 1]`` clip and Imagen thresholding are for pixels; a warning says
+    when a config had them on). Pixel generators are left alone."""
+    model = _unwrap(network)
+    if not isinstance(model, LatentDiffusionModel):
+        return
+    bound = model.latent_clip
+    if bound is not None:
+        scheduler.clip_sample = True
+        scheduler.clip_sample_values = [-bound, bound]
+        if hasattr(scheduler, "thresholding"):
+            scheduler.thresholding = False
+        return
+    if getattr(scheduler, "clip_sample", False) or getattr(scheduler, "thresholding", False):
+        import warnings
+
+        warnings.warn("latent generator: the scheduler's clip_sample/thresholding (for [-1, 1] pixels) is switched "
+                      "off; latents are not bounded (set clip_sample false in the config to silence this, or give "
+                      "the model a latent_clip)", stacklevel=3)
+        scheduler.clip_sample = False
+        if hasattr(scheduler, "thresholding"):
+            scheduler.thresholding = False
 
 
 class LatentTrainingInferer(LatentDiffusionInferer):

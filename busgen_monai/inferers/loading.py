@@ -217,7 +217,8 @@ def load_generator(
             raise ValueError(f"{path}: a latent ({class_name}) checkpoint must carry its autoencoder ('autoencoder': "
                              "weights, network_kwargs, scale_factor); train it with bundles/busgen_latent")
         autoencoder = autoencoder_from_state(ae_state, source=f"{path} (autoencoder)")
-        network = LatentDiffusionModel(network, autoencoder, float(ae_state.get("scale_factor", 1.0)))
+        network = LatentDiffusionModel(network, autoencoder, float(ae_state.get("scale_factor", 1.0)),
+                                       latent_clip=(state.get("settings") or {}).get("latent_clip"))
     return network.to(device).eval(), codec
 
 

@@ -16,7 +16,6 @@ from PIL import Image
 from busgen_monai.engines import NetworkArgsRecord
 from busgen_monai.inferers import (
     AutoencoderRecord,
-    GuidedDiffusionInferer,
     LatentDiffusionModel,
     LatentDiffusionPrepareBatch,
     LatentTrainingInferer,
@@ -234,3 +233,62 @@ def test_training_glue_matches_monai_latent_inferer(tmp_path):
     torch.save({"network": ae.state_dict()}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not an autoencoder checkpoint"):
         load_autoencoder(tmp_path / "plain.pt")
+
+
+class FinalLatents:
+    """A guard that records the latent x_t it is handed (the last call sees the trajectory's late state)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def reset(self):
+        pass
+
+    def __call__(self, x_t, t, eps, alphas_cumprod_t=None, conditions=None, step=None, num_steps=None, **info):
+        self.seen.append(x_t.detach().clone())
+        return eps
+
+    def stats(self):
+        return {}
+
+
+def test_latent_clip_from_the_checkpoint_bounds_the_sampler(tmp_path):
+    """``settings["latent_clip"]`` travels with the checkpoint; run_generation sets the sampler's data-prediction
+    clip to [-c, c] for it (whatever the config said), and switches the pixels' clip off without one."""
+    from busgen_monai.inferers.latent import configure_latent_sampler
+
+    codec = ConditionCodec(("benign", "malignant"), max_boxes=1)
+    path, _, _ = _latent_checkpoint(tmp_path, codec)
+    state = torch.load(path, weights_only=True)
+    state["settings"] = {**state["settings"], "latent_clip": 0.25}
+    clipped = tmp_path / "clipped.pt"
+    torch.save(state, clipped)
+    net, codec = load_generator(clipped)
+    assert net.latent_clip == 0.25 and load_generator(path)[0].latent_clip is None
+    data = {"devices": DEVICES, "training": [
+        {"image": "a.png", "pathology": "benign", "birads": "3", "device": DEVICES[0], "boxes": [[.2, .2, .5, .5]]},
+        {"image": "b.png", "pathology": "malignant", "birads": "5", "device": DEVICES[1], "boxes": [[.3, .3, .6, .7]]},
+    ]}
+    runs = {}
+    for name, model in (("clipped", net), ("free", load_generator(path)[0])):
+        sched = DPMSolverMultistepScheduler(100, schedule="linear_beta", beta_start=1e-4, beta_end=0.028,
+                                            clip_sample=False)
+        guard = FinalLatents()
+        run_generation(model, codec, sched, tmp_path / name, 4, image_size=16, seed=3, datalist=data,
+                       num_inference_steps=6, guards=[guard], chunk_size=4, progress=False)
+        runs[name] = (sched, guard.seen[-1])
+    sched, last = runs["clipped"]
+    assert sched.clip_sample is True and sched.clip_sample_values == [-0.25, 0.25]
+    assert runs["free"][0].clip_sample is False
+    # the clipped trajectory ends near the bounded data prediction; the free one is not bounded by it
+    assert float(last.abs().max()) < float(runs["free"][1].abs().max())
+    # pixel generators are left alone; a bad bound is refused
+    from busgen_monai.presets import build_network
+
+    pix = build_network("tiny", codec)
+    assert isinstance(pix, ConditionalDiffusionUNet)
+    s2 = DPMSolverMultistepScheduler(100, clip_sample=True)
+    configure_latent_sampler(pix, s2)
+    assert s2.clip_sample is True and s2.clip_sample_values == [-1.0, 1.0]
+    with pytest.raises(ValueError, match="latent_clip"):
+        LatentDiffusionModel(net.diffusion_model, net.autoencoder, 1.0, latent_clip=0.0)
