@@ -323,6 +323,56 @@ def speed(latent_ckpt: Path, steps_list: list[int], main_steps: int, batch: int 
     return res
 
 
+def speed_variants_128(latent_ckpt: Path, steps_list: list[int], batch: int = 8, repeats: int = 2) -> dict:
+    """128 px timing, one thread, side by side: the pixel U-Net (cpu128 preset) against the latent family with an
+    **x8** first stage (one more autoencoder level: 16 x 16 x 4 latents at 128 px, the latent-diffusion standard and
+    CoLDiT's x8 at 256 px) and the same DiT (64 tokens); :func:`speed` times the x4 first stage (32 x 32 latents,
+    256 tokens). Untrained networks: timing does not depend on the weights."""
+    from busgen_monai.inferers import GuidedDiffusionInferer, default_generator, generator_settings, load_generator
+    from busgen_monai.inferers.latent import LatentDiffusionModel, configure_latent_sampler
+    from busgen_monai.networks import ConditionalDiT, LatentAutoencoderKL
+    from busgen_monai.presets import build_network, get_preset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pix, pcodec = load_generator(default_generator())
+    lat, lcodec = load_generator(latent_ckpt)
+    a = dict(lat.autoencoder.init_args)
+    levels = len(a["channels"]) + 1
+    nrb = a["num_res_blocks"]
+    ae8 = LatentAutoencoderKL(**{**a, "channels": [*a["channels"], a["channels"][-1]],
+                                 "num_res_blocks": nrb if isinstance(nrb, int) else [*nrb, nrb[-1]],
+                                 "attention_levels": [False] * levels})
+    lat8 = LatentDiffusionModel(ConditionalDiT(**{**lat.diffusion_model.init_args, "input_size": 16}), ae8,
+                                lat.scale_factor, latent_clip=lat.latent_clip).eval()
+    pix128 = build_network(get_preset("cpu128"), pcodec).eval()
+    sched = dpm(generator_settings(latent_ckpt))
+    configure_latent_sampler(lat8, sched)
+    psched = dpm(generator_settings(default_generator()), clip=True)
+    models = {"pixel": (pix128, pcodec, psched), "latent_x8": (lat8, lcodec, sched)}
+    res = {"latent_x8_latent_shape": list(lat8.latent_shape(128)),
+           "latent_x8_parameters_M": float(sum(p.numel() for p in lat8.parameters()) / 1e6)}
+    for steps in steps_list:
+        times = {name: [] for name in models}
+        for r in range(repeats):
+            for name, (net, codec, sc) in models.items():
+                inf = GuidedDiffusionInferer(sc, guidance_scale=1.8, num_inference_steps=steps)
+                cond = codec.pack_names(["benign", "malignant"] * (batch // 2))
+                shape = net.latent_shape(128) if isinstance(net, LatentDiffusionModel) else (1, 128, 128)
+                noise = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(r))
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    x = inf.sample(noise, net, conditioning=cond, verbose=False)
+                    if isinstance(net, LatentDiffusionModel):
+                        x = net.decode(x)
+                times[name].append((time.perf_counter() - t0) / batch)
+        for name in models:
+            res[f"{name}_128px_{steps}steps_s_per_image"] = float(min(times[name]))
+            _log(f"speed (x8 variant run) {name} 128px {steps} steps: {min(times[name]):.3f} s/image ({times[name]})")
+    torch.set_num_threads(threads)
+    return res
+
+
 def matched_speedup(quality: dict, speed_res: dict, main_steps: int, proxy: str, higher_better: bool = False) -> dict:
     """Speed-up of the latent model (at ``main_steps``) over the pixel model at *equal quality*.
 
@@ -434,6 +484,9 @@ def main() -> None:
                     help="solver step counts at which both generators are timed and scored (equal-quality matching)")
     ap.add_argument("--clf-steps", type=int, default=600)
     ap.add_argument("--max-synthetic", type=int, default=None, help="cap the half-real synthetic set (smoke runs)")
+    ap.add_argument("--speed-variants", action="store_true",
+                    help="only time the x8-autoencoder latent variant at 128 px against the pixel U-Net (side by "
+                         "side), add it to the finished results in --out and re-render them")
     ap.add_argument("--no-pixel-tstr", action="store_true",
                     help="skip the pixel model's synthetic-only arm (it generates as many pixel images as the half)")
     ap.add_argument("--publish", action="store_true", help="copy results to docs/benchmarks/latent_results.*")
@@ -449,6 +502,25 @@ def main() -> None:
         part.t0 = time.time()
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     part.t0 = time.time()
+
+    if args.speed_variants:
+        done = json.loads((out / "results.json").read_text())
+        steps_list = done["speed"]["steps_list"]
+        v = speed_variants_128(out / "latent_model.pt", steps_list)
+        v["matched"] = {}
+        for proxy, m in done.get("matched", {}).items():
+            v["matched"][proxy] = {"pixel_steps": m["pixel_steps"], "latent_steps": m["latent_steps"], "speedup_128px":
+                                   v[f"pixel_128px_{m['pixel_steps']}steps_s_per_image"]
+                                   / v[f"latent_x8_128px_{m['latent_steps']}steps_s_per_image"]}
+        done["speed_variants_128"] = v
+        (out / "results.json").write_text(json.dumps(done, indent=1, default=str))
+        md = render_md(done)
+        (out / "results.md").write_text(md)
+        if args.publish:
+            (ROOT / "docs" / "benchmarks" / "latent_results.json").write_text(json.dumps(done, indent=1, default=str))
+            (ROOT / "docs" / "benchmarks" / "latent_results.md").write_text(md)
+        print(md)
+        return
 
     from busgen_monai.networks import ConditionCodec
 
@@ -668,6 +740,18 @@ def render_md(r: dict) -> str:
         lines.append(f"| {proxy} | {_f(m.get('latent_value'), 4)} | {m.get('pixel_steps')}: "
                      f"{_f(m.get('pixel_value'), 4)} | {m.get('pixel_reaches_latent_quality')} | "
                      f"x{_f(m.get('speedup_64px'), 1)} | x{_f(m.get('speedup_128px'), 1)} |")
+    v = r.get("speed_variants_128")
+    if v:
+        lines += ["", "### 128 px with an x8 first stage (16 x 16 x 4 latents, 64 tokens; separate run, side by side)",
+                  "", f"Latent family {_f(v.get('latent_x8_parameters_M'), 1)} M parameters, latents "
+                  f"{v.get('latent_x8_latent_shape')}; one thread.", "",
+                  "| steps | pixel U-Net s/image | latent (x8) s/image | speed-up |", "|---|---|---|---|"]
+        for steps in s.get("steps_list", []):
+            pv, lv = v.get(f"pixel_128px_{steps}steps_s_per_image"), v.get(f"latent_x8_128px_{steps}steps_s_per_image")
+            lines.append(f"| {steps} | {_f(pv)} | {_f(lv)} | x{_f(pv / lv if pv and lv else None, 1)} |")
+        lines += ["", "At equal quality proxy (pixel comparator steps as above): " + "; ".join(
+            f"{proxy}: x{_f(m.get('speedup_128px'), 1)} (pixel {m.get('pixel_steps')} steps)"
+            for proxy, m in v.get("matched", {}).items()) + "."]
     lines += ["",
               "## BI-RADS agreement (classifier trained on real BUS-BRA training crops)", "",
               f"Real test accuracy {_f(b.get('real_test', {}).get('accuracy'))}; latent generated (requested BI-RADS) "
