@@ -11,7 +11,7 @@ doi 10.5281/zenodo.7730709; patient-wise 70/15/15 split, seed 0, BI-RADS 2/3/4/5
    latents standardised per channel (``standardise_latents_``, exact; ``--no-centre-latents`` keeps the scalar scale
    only), then a ``ConditionalDiT`` of ``--dit-size`` (default ``cpu``: hidden 192, depth 6, 6 heads, patch 2,
    4.2 M parameters, the ``cpu`` preset of ``bundles/busgen_latent``) for ``--dit-steps`` steps of 32 (default
-   10,000), peak LR 3e-4 (one-cycle), min-SNR-5 loss weighting (Hang et al., ICCV 2023), EMA 0.999, resumable
+   8,000), peak LR 3e-4 (one-cycle), min-SNR-5 loss weighting (Hang et al., ICCV 2023), EMA 0.999, resumable
    (``dit_resume.pt`` every 500 steps; a resume may change ``--dit-steps``)
    on its latents (posterior means cached once, flips as augmentation), conditioned on pathology, device and BI-RADS
    with joint condition dropout 0.1. Same training pieces as ``bundles/busgen_autoencoder`` / ``busgen_latent``
@@ -472,7 +472,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/bench_latent")
     ap.add_argument("--ae-steps", type=int, default=800)
-    ap.add_argument("--dit-steps", type=int, default=12000)
+    ap.add_argument("--dit-steps", type=int, default=8000)
     ap.add_argument("--dit-size", default="cpu", help="a key of busgen_monai.networks.DIT_SIZES")
     ap.add_argument("--dit-batch", type=int, default=32)
     ap.add_argument("--dit-lr", type=float, default=3e-4)
