@@ -167,7 +167,7 @@ def train_dit(out: Path, real: dict, ae, codec, args, seed: int = 0):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.03)
     resume, start, spent = out / "dit_resume.pt", 0, 0.0
     if resume.is_file():
-        st = torch.load(resume, weights_only=False)
+        st = torch.load(resume, weights_only=True)
         net.load_state_dict(st["network"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
@@ -269,9 +269,31 @@ def dpm(settings: dict, clip: bool = False):
 
 
 # ----------------------------------------------------------------------------------------------------------- speed
+def _time_models(models: dict, size: int, steps: int, batch: int, repeats: int) -> dict[str, list[float]]:
+    """s/image of each ``name -> (network, codec, scheduler)`` at ``size`` px and ``steps`` solver steps: batched
+    CFG (w = 1.8), decode included for latent models, interleaved repeats (load hits every model alike)."""
+    from busgen_monai.inferers import GuidedDiffusionInferer
+    from busgen_monai.inferers.latent import LatentDiffusionModel
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(repeats):
+        for name, (net, codec, sc) in models.items():
+            inf = GuidedDiffusionInferer(sc, guidance_scale=1.8, num_inference_steps=steps)
+            cond = codec.pack_names(["benign", "malignant"] * (batch // 2))
+            shape = net.latent_shape(size) if isinstance(net, LatentDiffusionModel) else (1, size, size)
+            noise = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(r))
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                x = inf.sample(noise, net, conditioning=cond, verbose=False)
+                if isinstance(net, LatentDiffusionModel):
+                    x = net.decode(x)
+            times[name].append((time.perf_counter() - t0) / batch)
+    return times
+
+
 def speed(latent_ckpt: Path, steps_list: list[int], main_steps: int, batch: int = 8, repeats: int = 2) -> dict:
     """s/image of both families at 64 and 128 px for every solver step count in ``steps_list``, on one thread."""
-    from busgen_monai.inferers import GuidedDiffusionInferer, default_generator, generator_settings, load_generator
+    from busgen_monai.inferers import default_generator, generator_settings, load_generator
     from busgen_monai.inferers.latent import LatentDiffusionModel
     from busgen_monai.networks import ConditionalDiT, LatentAutoencoderKL
     from busgen_monai.presets import build_network, get_preset
@@ -295,20 +317,7 @@ def speed(latent_ckpt: Path, steps_list: list[int], main_steps: int, batch: int 
     for size, models in ((64, {"pixel": (pix, pcodec, psched), "latent": (lat, lcodec, sched)}),
                          (128, {"pixel": (pix128, pcodec, psched), "latent": (lat128, lcodec, sched)})):
         for steps in steps_list:
-            times = {name: [] for name in models}
-            for r in range(repeats):  # interleaved, so load from other processes hits both alike; best of the repeats
-                for name, (net, codec, sc) in models.items():
-                    inf = GuidedDiffusionInferer(sc, guidance_scale=1.8, num_inference_steps=steps)
-                    cond = codec.pack_names(["benign", "malignant"] * (batch // 2))
-                    g = torch.Generator().manual_seed(r)
-                    shape = net.latent_shape(size) if isinstance(net, LatentDiffusionModel) else (1, size, size)
-                    noise = torch.randn(batch, *shape, generator=g)
-                    t0 = time.perf_counter()
-                    with torch.no_grad():
-                        x = inf.sample(noise, net, conditioning=cond, verbose=False)
-                        if isinstance(net, LatentDiffusionModel):
-                            x = net.decode(x)
-                    times[name].append((time.perf_counter() - t0) / batch)
+            times = _time_models(models, size, steps, batch, repeats)
             for name, (net, _, _) in models.items():
                 res[f"{name}_{size}px_{steps}steps_s_per_image"] = float(min(times[name]))
                 if steps == main_steps:
@@ -333,7 +342,7 @@ def speed_variants_128(latent_ckpt: Path, steps_list: list[int], batch: int = 8,
     **x8** first stage (one more autoencoder level: 16 x 16 x 4 latents at 128 px, the latent-diffusion standard and
     CoLDiT's x8 at 256 px) and the same DiT (64 tokens); :func:`speed` times the x4 first stage (32 x 32 latents,
     256 tokens). Untrained networks: timing does not depend on the weights."""
-    from busgen_monai.inferers import GuidedDiffusionInferer, default_generator, generator_settings, load_generator
+    from busgen_monai.inferers import default_generator, generator_settings, load_generator
     from busgen_monai.inferers.latent import LatentDiffusionModel, configure_latent_sampler
     from busgen_monai.networks import ConditionalDiT, LatentAutoencoderKL
     from busgen_monai.presets import build_network, get_preset
@@ -358,19 +367,7 @@ def speed_variants_128(latent_ckpt: Path, steps_list: list[int], batch: int = 8,
     res = {"latent_x8_latent_shape": list(lat8.latent_shape(128)),
            "latent_x8_parameters_M": float(sum(p.numel() for p in lat8.parameters()) / 1e6)}
     for steps in steps_list:
-        times = {name: [] for name in models}
-        for r in range(repeats):
-            for name, (net, codec, sc) in models.items():
-                inf = GuidedDiffusionInferer(sc, guidance_scale=1.8, num_inference_steps=steps)
-                cond = codec.pack_names(["benign", "malignant"] * (batch // 2))
-                shape = net.latent_shape(128) if isinstance(net, LatentDiffusionModel) else (1, 128, 128)
-                noise = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(r))
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    x = inf.sample(noise, net, conditioning=cond, verbose=False)
-                    if isinstance(net, LatentDiffusionModel):
-                        x = net.decode(x)
-                times[name].append((time.perf_counter() - t0) / batch)
+        times = _time_models(models, 128, steps, batch, repeats)
         for name in models:
             res[f"{name}_128px_{steps}steps_s_per_image"] = float(min(times[name]))
             _log(f"speed (x8 variant run) {name} 128px {steps} steps: {min(times[name]):.3f} s/image ({times[name]})")
